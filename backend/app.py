@@ -1,0 +1,318 @@
+"""The HTTP protocol layer: Label Studio's ML backend endpoints on FastAPI.
+
+Request bodies are read and validated here (malformed input is a 4xx with a JSON message, never a
+stack trace); the work itself runs in a thread pool through `Services`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from backend import __version__
+from backend.images import ImageFetcher
+from backend.label_config import LabelConfig, LabelConfigError, parse_label_config
+from backend.label_studio import AccessTokens, Credentials, SetupStore
+from backend.metrics import Metrics
+from backend.models.cache import ModelCache, ModelPathError, resolve_model_path, select_device
+from backend.models.yolo import is_downloadable_asset
+from backend.predictor import BatchPredictor, PredictionConfigError, YoloModels, model_choice
+from backend.regions import prediction
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 64
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Services:
+    """Everything a request needs, built once per process."""
+
+    settings: Settings
+    device: str
+    models: ModelCache
+    yolo: YoloModels
+    fetcher: ImageFetcher
+    setup_store: SetupStore
+    predictor: BatchPredictor
+    metrics: Metrics
+    interactive: Any = None  # backend.interactive.InteractivePredictor when a SAM model is configured
+    started_at: float = field(default_factory=time.time)
+
+    def credentials(self, project: str | None) -> Credentials | None:
+        """Settings win; otherwise what /setup said (in any worker) for this project."""
+        saved = self.setup_store.load(project)
+        hostname = (self.settings.label_studio_url or saved.get("hostname") or "").rstrip("/")
+        token = self.settings.label_studio_api_key or saved.get("access_token") or ""
+        return Credentials(hostname, token) if hostname or token else None
+
+    def model_version(self) -> str:
+        if self.settings.model_version:
+            return self.settings.model_version
+        parts = [f"yolo:{_stem(self.settings.yolo_det_model)},{_stem(self.settings.yolo_seg_model)}"]
+        if self.settings.model_name:
+            parts.append(f"{self.settings.model_name}:{self.settings.sam_config}")
+        return ";".join(parts)
+
+
+def _stem(path: str) -> str:
+    return path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def build_services(settings: Settings) -> Services:
+    device = select_device(settings.device)
+    cache = ModelCache()
+    tokens = AccessTokens(timeout=settings.download_timeout)
+    fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root,
+                           settings.download_timeout, settings.max_image_pixels, tokens)
+    yolo = YoloModels(settings, cache, device)
+    metrics = Metrics()
+    interactive = None
+    box_segmenter = on_image = None
+    if settings.model_name:
+        from backend.interactive import build_interactive
+
+        interactive = build_interactive(settings, cache, device, metrics, fetcher)
+        if settings.yolo_sam:
+            box_segmenter = interactive.masks_for_boxes
+        if settings.sam_prefetch:
+            on_image = interactive.prefetch
+    predictor = BatchPredictor(settings, yolo, fetcher, box_segmenter=box_segmenter, on_image=on_image)
+    return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup"), predictor,
+                    metrics, interactive)
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+async def read_json(request: Request, max_bytes: int) -> dict:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise BadRequest(f"request body is larger than MAX_REQUEST_BYTES={max_bytes}", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise BadRequest(f"request body is larger than MAX_REQUEST_BYTES={max_bytes}", 413)
+    if not body:
+        raise BadRequest("request body is empty; a JSON object is expected")
+    try:
+        payload = json.loads(bytes(body), parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(f"request body must be a JSON object, not {type(payload).__name__}")
+    if _depth(payload) > MAX_JSON_DEPTH:
+        raise BadRequest(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return payload
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"request body contains {name}, which is not valid JSON")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _label_config(payload: dict, key: str, saved: dict) -> LabelConfig:
+    xml = payload.get(key) or saved.get("label_config")
+    if xml is None:
+        raise BadRequest(f"'{key}' (the labeling config) is missing and no /setup provided one")
+    if not isinstance(xml, str):
+        raise BadRequest(f"'{key}' must be a string with the labeling config XML")
+    try:
+        return parse_label_config(xml)
+    except LabelConfigError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _optional_str(payload: dict, key: str) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise BadRequest(f"'{key}' must be a string")
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None)
+    state: dict[str, Services] = {}
+    if services is not None:
+        state["services"] = services
+    services_lock = threading.Lock()
+
+    def get_services() -> Services:
+        if "services" not in state:
+            with services_lock:
+                if "services" not in state:
+                    state["services"] = build_services(settings)
+        return state["services"]
+
+    app.state.get_services = get_services
+
+    @app.middleware("http")
+    async def protocol_guard(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's signature
+        endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        started = time.perf_counter()
+        if settings.basic_auth_user and not _authorized(request, settings):
+            response: Response = JSONResponse({"error": "authentication required"}, status_code=401,
+                                              headers={"WWW-Authenticate": 'Basic realm="ml-backend"'})
+        else:
+            try:
+                response = await call_next(request)
+            except BadRequest as exc:
+                response = JSONResponse({"error": str(exc)}, status_code=exc.status)
+            except Exception:  # never a stack trace to the client
+                logger.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = JSONResponse({"error": "internal error; see the backend log"}, status_code=500)
+        services = state.get("services")
+        if services is not None:
+            metrics = services.metrics
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            if response.status_code >= 400:
+                metrics.errors.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.get("/")
+    @app.get("/health")
+    async def health() -> dict:
+        services = get_services()
+        return {
+            "status": "UP",
+            "model_class": "YoloSamBackend",
+            "model_version": services.model_version(),
+            "device": services.device,
+            "models_loaded": sorted(str(key[1]) for key in services.models.loaded()),
+            "sam": services.settings.model_name or None,
+            "uptime_seconds": round(time.time() - services.started_at, 1),
+        }
+
+    @app.post("/setup")
+    async def setup(request: Request) -> dict:
+        payload = await read_json(request, settings.max_request_bytes)
+        services = get_services()
+        project = _optional_str(payload, "project")
+        hostname = _optional_str(payload, "hostname") or ""
+        access_token = _optional_str(payload, "access_token") or ""
+        config = _label_config(payload, "schema", {})
+        _check_model_paths(services, config)
+        services.setup_store.save(project, hostname.rstrip("/"), access_token, payload.get("schema"))
+        return {"model_version": services.model_version()}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        payload = await read_json(request, settings.max_request_bytes)
+        services = get_services()
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("'tasks' must be a list of Label Studio tasks")
+        project = _optional_str(payload, "project")
+        saved = services.setup_store.load(project)
+        config = _label_config(payload, "label_config", saved)
+        params = payload.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadRequest("'params' must be an object")
+        context = params.get("context")
+        credentials = services.credentials(project)
+        if context:
+            if not isinstance(context, dict) or not isinstance(context.get("result", []), list):
+                raise BadRequest("'params.context' must be an object with a 'result' list")
+            return {"results": await run_in_threadpool(_interactive, services, tasks, config, context, credentials)}
+        try:
+            results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials,
+                                              services.model_version())
+        except (ModelPathError, PredictionConfigError) as exc:
+            raise BadRequest(str(exc)) from None
+        return {"results": results}
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        payload = await read_json(request, settings.max_request_bytes)
+        action = payload.get("action")
+        logger.info("webhook event %s ignored: this backend does not train", action)
+        return JSONResponse({"status": "ok", "action": action if isinstance(action, str) else None}, status_code=201)
+
+    @app.get("/versions")
+    async def versions() -> dict:
+        services = get_services()
+        return {"versions": [services.model_version()], "model_dir": str(settings.model_root_path)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        services = get_services()
+        for key, seconds in services.models.loaded().items():
+            services.metrics.model_load_seconds.labels(str(key[1])).set(seconds)
+        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+KNOWN_PATHS = {"/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics"}
+
+
+def _authorized(request: Request, settings: Settings) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(user, settings.basic_auth_user) & hmac.compare_digest(password, settings.basic_auth_pass)
+
+
+def _check_model_paths(services: Services, config: LabelConfig) -> None:
+    """Refuse unusable model paths at /setup without loading the models (Label Studio waits on it)."""
+    for control in config.prediction_controls:
+        choice = model_choice(control, services.settings)
+        try:
+            path = resolve_model_path(services.settings.model_root_path, choice.path_value, choice.setting)
+        except ModelPathError as exc:
+            raise BadRequest(str(exc)) from None
+        if not path.is_file() and not is_downloadable_asset(path.name):
+            raise BadRequest(f"{choice.setting}: model file '{choice.path_value}' not found in MODEL_ROOT ({services.settings.model_root_path})")
+
+
+def _interactive(services: Services, tasks: list, config: LabelConfig, context: dict,
+                 credentials: Credentials | None) -> list[dict]:
+    if services.interactive is None:
+        logger.warning("interactive request ignored: no SAM model is configured (set MODEL_NAME=sam and SAM_CHECKPOINT_FILE)")
+        return [prediction([], services.model_version()) for _ in tasks]
+    return services.interactive.predict(tasks, config, context, credentials, services.model_version())

@@ -1,0 +1,137 @@
+"""Task images: where a task's image URL may be read from, and decoding it as Label Studio shows it.
+
+Downloads and Local Storage lookups go through label-studio-sdk's `get_local_path`; this module
+decides which URLs are allowed at all, confines Local Storage to LOCAL_FILES_DOCUMENT_ROOT, puts a
+timeout on every download, and refuses decompression bombs before decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import requests
+from PIL import Image, ImageOps
+
+from backend.label_studio import AccessTokens, Credentials
+
+logger = logging.getLogger(__name__)
+
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+
+
+class ImageError(Exception):
+    """A task image cannot be used; the message is safe to log and to show."""
+
+
+@dataclass(frozen=True)
+class TaskImage:
+    url: str
+    pixels: np.ndarray  # HxWx3 uint8 RGB, EXIF orientation applied
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+class _TimeoutSession(requests.Session):
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(method, url, **kwargs)
+
+
+def url_kind(url: str) -> str:
+    """upload | local-files | http | cloud; raises ImageError for anything else (file://, paths...)."""
+    if not isinstance(url, str) or not url:
+        raise ImageError("the task has no image URL")
+    if url.startswith(("/data/upload/", "data/upload/", "/upload/", "upload/", "/storage-data/uploaded/")):
+        return "upload"
+    if url.startswith("/data/local-files"):
+        return "local-files"
+    scheme = urlparse(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return "http"
+    if scheme in CLOUD_SCHEMES:
+        return "cloud"
+    raise ImageError(f"image URL '{url[:200]}' is not an http(s), Label Studio upload, local-files or cloud storage URL")
+
+
+class ImageFetcher:
+    """Fetch (with an on-disk cache) and decode task images."""
+
+    def __init__(self, cache_dir: Path, local_files_root: str, timeout: float, max_pixels: int,
+                 tokens: AccessTokens) -> None:
+        self._cache_dir = cache_dir
+        self._local_root = Path(local_files_root).expanduser().resolve() if local_files_root else None
+        self._timeout = timeout
+        self._max_pixels = max_pixels
+        self._tokens = tokens
+
+    def fetch(self, url: str, task_id: int | None, credentials: Credentials | None) -> Path:
+        """Local path of the image behind `url`, downloading it into the cache if needed."""
+        from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
+
+        kind = url_kind(url)
+        if kind == "local-files" and self._local_root is not None:
+            return self._local_file(url)
+        if kind in ("upload", "local-files", "cloud") and not (credentials and credentials.hostname and credentials.token):
+            raise ImageError(f"cannot download '{url[:200]}': no Label Studio URL and API key "
+                             "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
+        token = self._tokens.bearer_or_legacy(credentials) if credentials and credentials.token else None
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        session = _TimeoutSession(self._timeout)
+        try:
+            with ls_io.http_session(session), ls_io.local_files_resolver(None):
+                path = ls_io.get_local_path(url, cache_dir=str(self._cache_dir),
+                                            hostname=credentials.hostname if credentials else None,
+                                            access_token=token, task_id=task_id, download_resources=True)
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}") from None
+        except requests.Timeout:
+            raise ImageError(f"downloading '{url[:200]}' timed out after {self._timeout:g} s") from None
+        except (requests.RequestException, OSError, ValueError) as exc:
+            raise ImageError(f"cannot fetch '{url[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
+        finally:
+            session.close()
+        return Path(path)
+
+    def _local_file(self, url: str) -> Path:
+        values = parse_qs(urlparse(url).query, keep_blank_values=True).get("d")
+        relative = posixpath.normpath(values[-1]).lstrip("/") if values and values[-1] else ""
+        if not relative:
+            raise ImageError(f"local-files URL '{url[:200]}' has no ?d= path")
+        path = (self._local_root / relative).resolve()
+        if not path.is_relative_to(self._local_root):
+            raise ImageError(f"local-files path '{relative[:200]}' is outside LOCAL_FILES_DOCUMENT_ROOT")
+        if not path.is_file():
+            raise ImageError(f"local file '{relative[:200]}' not found under LOCAL_FILES_DOCUMENT_ROOT")
+        return path
+
+    def load(self, url: str, task_id: int | None, credentials: Credentials | None) -> TaskImage:
+        return TaskImage(url=url, pixels=self.decode(self.fetch(url, task_id, credentials)))
+
+    def decode(self, path: Path) -> np.ndarray:
+        """RGB pixels with the EXIF orientation applied, as Label Studio displays the image."""
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > self._max_pixels:
+                    raise ImageError(f"image is {width}x{height}, more than MAX_IMAGE_PIXELS={self._max_pixels}")
+                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        except ImageError:
+            raise
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None

@@ -1,0 +1,119 @@
+"""Which control tags of a labeling config want what from the models.
+
+Parsing uses label-studio-sdk's `LabelInterface`; this module only reads the attributes that
+Label Studio users know from the HumanSignal YOLO backend: `model_path`, `model_score_threshold`,
+`model_skip` on a control, `predicted_values` on a Label, and `smart` for interactive prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+PREDICTION_TAGS = ("RectangleLabels", "PolygonLabels", "BrushLabels")
+PROMPT_TAGS = ("KeyPointLabels", "RectangleLabels")
+MASK_TAGS = ("PolygonLabels", "BrushLabels")
+
+
+class LabelConfigError(ValueError):
+    """The labeling config cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str
+    tag: str  # RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels
+    to_name: str  # the Image tag's name
+    data_key: str  # task["data"] key holding the image URL ("image" for value="$image")
+    labels: tuple[str, ...]
+    class_to_label: tuple[tuple[str, str], ...]  # (model class name, lower case) -> label value
+    model_path: str | None
+    score_threshold: float | None
+    skip: bool
+    smart: bool
+
+    @property
+    def type(self) -> str:
+        """The region `type` Label Studio expects: rectanglelabels, polygonlabels, ..."""
+        return self.tag.lower()
+
+    def label_for(self, class_name: str) -> str | None:
+        return dict(self.class_to_label).get(class_name.lower())
+
+    @property
+    def wants_masks(self) -> bool:
+        return self.tag in MASK_TAGS
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    controls: tuple[Control, ...]
+
+    @property
+    def prediction_controls(self) -> tuple[Control, ...]:
+        """Controls that batch predictions fill, in config order."""
+        return tuple(c for c in self.controls if c.tag in PREDICTION_TAGS and not c.skip)
+
+    def control(self, name: str) -> Control | None:
+        return next((c for c in self.controls if c.name == name), None)
+
+    def controls_for_image(self, to_name: str, tag: str) -> tuple[Control, ...]:
+        return tuple(c for c in self.controls if c.to_name == to_name and c.tag == tag)
+
+
+@functools.lru_cache(maxsize=64)
+def parse_label_config(xml: str) -> LabelConfig:
+    """Parse a labeling config; raises LabelConfigError for anything that is not a usable config."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("the labeling config is empty")
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises lxml, KeyError, TypeError... for broken XML
+        raise LabelConfigError(f"the labeling config is not valid XML for Label Studio: {exc}") from None
+    images = {obj.name: obj for obj in interface.objects if obj.tag == "Image"}
+    controls = []
+    for tag in interface.controls:
+        if tag.tag not in PREDICTION_TAGS + PROMPT_TAGS:
+            continue
+        to_names = [name for name in (tag.to_name or []) if name in images]
+        if not to_names:
+            continue
+        image_value = images[to_names[0]].value or ""
+        controls.append(Control(
+            name=tag.name,
+            tag=tag.tag,
+            to_name=to_names[0],
+            data_key=image_value.lstrip("$"),
+            labels=tuple(tag.labels or ()),
+            class_to_label=_class_to_label(tag),
+            model_path=tag.attr.get("model_path") or None,
+            score_threshold=_threshold(tag.name, tag.attr.get("model_score_threshold")),
+            skip=str(tag.attr.get("model_skip", "false")).lower() in {"true", "1", "yes"},
+            smart=str(tag.attr.get("smart", "false")).lower() in {"true", "1", "yes"},
+        ))
+    return LabelConfig(tuple(controls))
+
+
+def _class_to_label(tag) -> tuple[tuple[str, str], ...]:
+    mapping: dict[str, str] = {}
+    for label, label_tag in (tag.labels_attrs or {}).items():
+        mapping.setdefault(label.lower(), label)
+        predicted = (label_tag.attr or {}).get("predicted_values") or ""
+        for class_name in predicted.split(","):
+            if class_name.strip():
+                mapping[class_name.strip().lower()] = label
+    return tuple(mapping.items())
+
+
+def _threshold(control_name: str, raw: str | None) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LabelConfigError(f"model_score_threshold='{raw}' on <{control_name}> is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise LabelConfigError(f"model_score_threshold='{raw}' on <{control_name}> must be between 0 and 1")
+    return value

@@ -1,0 +1,1 @@
+"""Model adapters (YOLO, SAM) and the per-process model cache."""

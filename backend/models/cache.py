@@ -1,0 +1,77 @@
+"""The one piece of mutable global state: models loaded in this process, each loaded once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class ModelPathError(ValueError):
+    """A model path is refused or cannot be found; the message names the setting to change."""
+
+
+def resolve_model_path(model_root: Path, name: str, setting: str) -> Path:
+    """Map a `model_path` value to a file inside `model_root`.
+
+    Absolute paths, `..` and symlinks leading outside the root are refused, so a labeling config
+    cannot make the backend unpickle an arbitrary file (Ultralytics checkpoints are pickles).
+    """
+    if not name or "\x00" in name:
+        raise ModelPathError(f"{setting} is empty")
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts or name.startswith("~"):
+        raise ModelPathError(f"{setting}='{name}' is refused: model paths must be relative to MODEL_ROOT ({model_root}) without '..'")
+    resolved = (model_root / candidate).resolve()
+    if not resolved.is_relative_to(model_root.resolve()):
+        raise ModelPathError(f"{setting}='{name}' is refused: it leads outside MODEL_ROOT ({model_root})")
+    return resolved
+
+
+def select_device(requested: str) -> str:
+    """`auto` -> `cuda:0` when CUDA is available, else `cpu`; other values are checked."""
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelPathError(f"DEVICE={requested} but CUDA is not available; use DEVICE=auto or cpu")
+        index = int(requested.split(":", 1)[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise ModelPathError(f"DEVICE={requested} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return f"cuda:{index}"
+    return "cpu"
+
+
+class ModelCache:
+    """Loaded models keyed by (kind, path, options); concurrent first requests load a model once."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, Any] = {}
+        self._load_seconds: dict[tuple, float] = {}
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: tuple, load: Callable[[], Any]) -> Any:
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._models:
+                started = time.perf_counter()
+                self._models[key] = load()
+                self._load_seconds[key] = time.perf_counter() - started
+                logger.info("loaded %s in %.2f s", key, self._load_seconds[key])
+            return self._models[key]
+
+    def loaded(self) -> dict[tuple, float]:
+        """Keys of loaded models with their load time in seconds."""
+        return dict(self._load_seconds)

@@ -1,0 +1,161 @@
+"""Batch pre-annotation: tasks in, one Label Studio prediction per task out, in task order.
+
+Images are fetched concurrently, each YOLO model used by the config runs once per batch of images
+(controls sharing a model share its forward pass), and each control turns the detections into
+its own region type. A task whose image cannot be used gets an empty prediction; the others are
+still answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.images import ImageError, ImageFetcher, TaskImage
+from backend.label_config import Control, LabelConfig
+from backend.label_studio import Credentials
+from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
+from backend.models.yolo import Detections, YoloModel
+from backend.regions import mask_regions, prediction, rectangle_region
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionConfigError(ValueError):
+    """The labeling config asks for something the configured models cannot do (answered as 4xx)."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path_value: str  # as written in the config or the settings
+    setting: str  # where it came from, for error messages
+
+
+def model_choice(control: Control, settings: Settings) -> ModelChoice:
+    if control.model_path:
+        return ModelChoice(control.model_path, f"model_path on <{control.tag} name=\"{control.name}\">")
+    if control.wants_masks:
+        return ModelChoice(settings.yolo_seg_model, "YOLO_SEG_MODEL")
+    return ModelChoice(settings.yolo_det_model, "YOLO_DET_MODEL")
+
+
+class YoloModels:
+    """YOLO models by config value, loaded once per process through the model cache."""
+
+    def __init__(self, settings: Settings, cache: ModelCache, device: str) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._device = device
+
+    def get(self, choice: ModelChoice) -> YoloModel:
+        path = resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting)
+        key = ("yolo", str(path), self._device, self._settings.half, self._settings.yolo_imgsz)
+        return self._cache.get(key, lambda: YoloModel(path, choice.setting, self._device, self._settings.half,
+                                                      self._settings.yolo_imgsz))
+
+
+class BatchPredictor:
+    def __init__(self, settings: Settings, models: YoloModels, fetcher: ImageFetcher,
+                 box_segmenter: Callable[[TaskImage, np.ndarray], np.ndarray] | None = None,
+                 on_image: Callable[[TaskImage], None] | None = None) -> None:
+        self._settings = settings
+        self._models = models
+        self._fetcher = fetcher
+        self._box_segmenter = box_segmenter  # SAM: boxes -> masks, when YOLO_SAM is on
+        self._on_image = on_image  # e.g. SAM embedding prefetch
+
+    def plan(self, config: LabelConfig) -> dict[ModelChoice, list[Control]]:
+        """Which model serves which controls; raises ModelPathError / PredictionConfigError up front."""
+        plan: dict[ModelChoice, list[Control]] = {}
+        for control in config.prediction_controls:
+            choice = model_choice(control, self._settings)
+            model = self._models.get(choice)
+            if control.wants_masks and not model.has_masks and self._box_segmenter is None:
+                raise PredictionConfigError(
+                    f"<{control.tag} name=\"{control.name}\"> needs masks but {choice.setting}='{choice.path_value}' is a "
+                    "detection model: use a segmentation model (e.g. yolov8n-seg.pt) or enable YOLO_SAM with a SAM model")
+            plan.setdefault(choice, []).append(control)
+        return plan
+
+    def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
+                model_version: str) -> list[dict]:
+        plan = self.plan(config)
+        if not plan:
+            logger.info("the labeling config has no RectangleLabels, PolygonLabels or BrushLabels to predict")
+            return [prediction([], model_version) for _ in tasks]
+        data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
+        images = self._load_images(tasks, data_keys, credentials)
+        regions: list[list[dict]] = [[] for _ in tasks]
+        for choice, controls in plan.items():
+            model = self._models.get(choice)
+            conf = min(self._threshold(control) for control in controls)
+            for data_key in {control.data_key for control in controls}:
+                indexed = [(i, images[i][data_key]) for i in range(len(tasks)) if images[i].get(data_key) is not None]
+                for start in range(0, len(indexed), self._settings.batch_size):
+                    chunk = indexed[start:start + self._settings.batch_size]
+                    try:
+                        detections = model.predict([image.pixels for _, image in chunk], conf)
+                    except Exception:  # one failing batch must not lose the other tasks
+                        logger.exception("YOLO failed on tasks %s", [tasks[i].get("id") for i, _ in chunk])
+                        continue
+                    for (task_index, image), found in zip(chunk, detections):
+                        for control in controls:
+                            if control.data_key == data_key:
+                                regions[task_index].extend(self._control_regions(control, image, found))
+        return [prediction(task_regions, model_version) for task_regions in regions]
+
+    def _threshold(self, control: Control) -> float:
+        return control.score_threshold if control.score_threshold is not None else self._settings.model_score_threshold
+
+    def _load_images(self, tasks: list[dict], data_keys: list[str], credentials: Credentials | None) -> list[dict[str, TaskImage | None]]:
+        jobs = [(i, key) for i in range(len(tasks)) for key in data_keys]
+
+        def load(job: tuple[int, str]) -> TaskImage | None:
+            task_index, key = job
+            task = tasks[task_index]
+            url = (task.get("data") or {}).get(key) if isinstance(task, dict) else None
+            try:
+                if not isinstance(url, str):
+                    raise ImageError(f"task data has no '{key}' image URL")
+                image = self._fetcher.load(url, task.get("id"), credentials)
+            except (ImageError, PermissionError) as exc:
+                logger.warning("task %s: %s", task.get("id") if isinstance(task, dict) else "?", exc)
+                return None
+            if self._on_image is not None:
+                self._on_image(image)
+            return image
+
+        workers = max(1, min(self._settings.fetch_workers, len(jobs)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+            loaded = list(pool.map(load, jobs))
+        images: list[dict[str, TaskImage | None]] = [{} for _ in tasks]
+        for (task_index, key), image in zip(jobs, loaded):
+            images[task_index][key] = image
+        return images
+
+    def _control_regions(self, control: Control, image: TaskImage, found: Detections) -> list[dict]:
+        threshold = self._threshold(control)
+        keep = [k for k in range(len(found)) if found.scores[k] >= threshold and control.label_for(found.class_names[k])]
+        if not keep:
+            return []
+        masks = found.masks
+        if control.wants_masks and masks is None:
+            masks = np.zeros((len(found), image.height, image.width), dtype=bool)
+            masks[keep] = self._box_segmenter(image, found.boxes[keep])
+        regions: list[dict] = []
+        for k in keep:
+            label = control.label_for(found.class_names[k])
+            score = float(found.scores[k])
+            if control.wants_masks:
+                regions.extend(mask_regions(control, label, masks[k], score, self._settings.polygon_tolerance))
+            else:
+                regions.append(rectangle_region(control, label, tuple(found.boxes[k]), score, image.width, image.height))
+        return regions
+
+
+__all__ = ["BatchPredictor", "ModelPathError", "PredictionConfigError", "YoloModels", "model_choice"]

@@ -1,0 +1,150 @@
+"""All configuration in one place.
+
+Every setting has an environment variable (upper case) and a `--with key=value` key (the same name
+in lower case); `--with` wins over the environment. `python -m backend.settings` prints the README
+table, so documentation and code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Models
+    model_root: str = _setting("./models", "Directory that `model_path` values (label config, settings) are relative to.")
+    yolo_det_model: str = _setting("yolov8n.pt", "YOLO model for RectangleLabels without `model_path` (Ultralytics downloads known names when online).")
+    yolo_seg_model: str = _setting("yolov8n-seg.pt", "YOLO segmentation model for PolygonLabels/BrushLabels without `model_path`.")
+    model_score_threshold: float = _setting(0.5, "Default minimum score of a predicted region (per control: `model_score_threshold`).")
+    yolo_imgsz: int = _setting(0, "Inference size; 0 uses the size each model was trained at.")
+    yolo_sam: bool = _setting(False, "Batch predictions: use YOLO boxes as SAM box prompts for masks (needs a SAM model).")
+    polygon_tolerance: float = _setting(0.5, "Polygon simplification distance in pixels (also at least 0.1% of the outline length).")
+    batch_size: int = _setting(8, "Images per YOLO forward pass in a multi-task /predict.")
+    device: str = _setting("auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
+    half: bool = _setting(False, "Half precision on CUDA.")
+    model_version: str = _setting("", "Version string reported to Label Studio; empty derives it from the model files.")
+    # SAM (keys of OpenMMLab label_anything's command line)
+    model_name: str = _setting("", "`sam`, `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
+    sam_config: str = _setting("vit_b", "SAM architecture: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM) or `demo` (tiny demo SAM).")
+    sam_checkpoint_file: str = _setting("", "SAM checkpoint path (absolute, or relative to the working directory, then to MODEL_ROOT).")
+    out_mask: bool = _setting(True, "Interactive answers include BrushLabels masks.")
+    out_bbox: bool = _setting(False, "Interactive answers include the mask's RectangleLabels box.")
+    out_poly: bool = _setting(False, "Interactive answers include PolygonLabels outlines.")
+    sam_cache_size: int = _setting(16, "Image embeddings kept in memory (LRU).")
+    sam_disk_cache_dir: str = _setting("", "Directory for fp16 embeddings that survive restarts and are shared by workers; empty disables.")
+    sam_prefetch: bool = _setting(False, "Compute SAM embeddings in the background when tasks are predicted, so the first click is fast.")
+    # Label Studio and task data
+    label_studio_url: str = _setting("", "Label Studio URL for `/data/upload/...` images; empty uses the `hostname` sent in /setup.")
+    label_studio_api_key: str = _setting("", "Label Studio API key (legacy token or personal access token); empty uses the token sent in /setup.")
+    local_files_document_root: str = _setting("", "Root for `/data/local-files/?d=...` images; files outside it are refused. Empty downloads them from Label Studio.")
+    cache_dir: str = _setting("~/.cache/ls-yolo-sam", "Downloaded images and the state /setup shares between workers.")
+    download_timeout: float = _setting(30.0, "Seconds to wait for an image download.")
+    fetch_workers: int = _setting(8, "Images fetched concurrently in a multi-task /predict.")
+    max_image_pixels: int = _setting(100_000_000, "Images with more pixels are refused (decompression bombs).")
+    max_request_bytes: int = _setting(20_000_000, "Request bodies larger than this get 413.")
+    # Server
+    basic_auth_user: str = _setting("", "Basic auth user; with BASIC_AUTH_PASS, every endpoint requires it.")
+    basic_auth_pass: str = _setting("", "Basic auth password.")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
+    workers: int = _setting(1, "gunicorn worker processes (`backend/gunicorn.conf.py`).")
+    threads: int = _setting(4, "Threads per worker for blocking model calls.")
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Environment first, then `--with` overrides; raises SettingsError on unknown keys or bad values."""
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            if name.upper() in environ:
+                values[name] = _coerce(name, f.type, environ[name.upper()])
+        for key, raw in (overrides or {}).items():
+            name = key.lower()
+            if name not in fields:
+                known = ", ".join(sorted(fields))
+                raise SettingsError(f"unknown setting '{key}'. Known settings: {known}")
+            values[name] = _coerce(name, fields[name].type, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0.0 <= self.model_score_threshold <= 1.0:
+            raise SettingsError("MODEL_SCORE_THRESHOLD must be between 0 and 1")
+        for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_request_bytes", "workers", "threads"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be at least 1")
+        if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:
+            raise SettingsError("SAM_CACHE_SIZE, DOWNLOAD_TIMEOUT and POLYGON_TOLERANCE must not be negative")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        if self.device != "auto" and not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise SettingsError(f"DEVICE must be auto, cpu, cuda or cuda:N, not '{self.device}'")
+        if self.model_name and self.model_name not in {"sam", "mobile_sam", "sam_hq"}:
+            raise SettingsError(f"MODEL_NAME must be sam, mobile_sam or sam_hq, not '{self.model_name}'")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+
+    @property
+    def model_root_path(self) -> Path:
+        return Path(self.model_root).expanduser().resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+    def as_environ(self) -> dict[str, str]:
+        """The settings as environment variables, for processes started from this one."""
+        return {f.name.upper(): _format(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _coerce(name: str, annotation: Any, raw: Any) -> Any:
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            if text.lower() in TRUE_WORDS:
+                return True
+            if text.lower() in FALSE_WORDS:
+                return False
+            raise ValueError
+        if kind is int:
+            return int(float(text)) if text.replace(".", "", 1).isdigit() else int(text)
+        return kind(text)
+    except ValueError:
+        raise SettingsError(f"setting {name.upper()} ({name}) wants a {kind.__name__}, got '{raw}'") from None
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def markdown_table() -> str:
+    rows = ["| env variable | `--with` key | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = _format(f.default) if f.default != "" else "(empty)"
+        rows.append(f"| `{f.name.upper()}` | `{f.name}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
