@@ -245,7 +245,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         project = _optional_str(payload, "project")
         saved = services.setup_store.load(project)
         config = _label_config(payload, "label_config", saved)
-        params = payload.get("params") or {}
+        params = payload.get("params")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
         context = params.get("context")

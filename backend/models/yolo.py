@@ -69,7 +69,9 @@ class YoloModel:
             return []
         # Ultralytics takes numpy images as BGR, like OpenCV.
         batch = [np.ascontiguousarray(image[:, :, ::-1]) for image in images_rgb]
-        options = dict(conf=conf, device=self.device, half=self.half, retina_masks=True, verbose=False, batch=len(batch))
+        options = dict(conf=conf, device=self.device, retina_masks=True, verbose=False, batch=len(batch))
+        if self.half:
+            options["half"] = True
         if self.imgsz:
             options["imgsz"] = self.imgsz
         with self._lock:

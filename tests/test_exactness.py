@@ -1,0 +1,75 @@
+"""The backend's regions, decoded, equal what Ultralytics itself returns for the same model and image."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from ultralytics import YOLO
+
+from backend.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, percent_to_pixels, polygons_to_mask
+from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_SEG, MODELS_DIR, SHAPES_SEEDS, local_url
+
+CONF = 0.25  # the test clients' MODEL_SCORE_THRESHOLD
+
+
+@pytest.fixture(scope="module")
+def ultralytics_seg() -> YOLO:
+    return YOLO(str(MODELS_DIR / DEMO_SEG))
+
+
+def reference(model: YOLO, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bgr = np.asarray(Image.open(path).convert("RGB"))[:, :, ::-1]
+    (result,) = model.predict(bgr, conf=CONF, retina_masks=True, verbose=False)
+    return result.boxes.xyxy.numpy(), result.boxes.conf.numpy(), result.masks.data.numpy() > 0.5
+
+
+@pytest.mark.parametrize("seed", list(SHAPES_SEEDS)[:8])
+def test_regions_decode_to_ultralytics_output(client: TestClient, image_root: Path, ultralytics_seg: YOLO, seed: int) -> None:
+    name = f"shapes_{seed}.png"
+    boxes, scores, masks = reference(ultralytics_seg, image_root / name)
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url(name)}}],
+                                            "label_config": ALL_CONTROLS_CONFIG})
+    (result,) = response.json()["results"]
+    by_type = defaultdict(list)
+    for region in result["result"]:
+        by_type[region["type"]].append(region)
+    assert len(boxes) > 0, "the demo model found nothing on this image"
+    height, width = masks.shape[1:]
+
+    rects = by_type["rectanglelabels"]
+    assert len(rects) == len(boxes)
+    for region, box, score in zip(rects, boxes, scores):
+        assert region["score"] == pytest.approx(float(score), abs=1e-5)
+        assert np.abs(np.array(ls_rect_to_box(region["value"], width, height)) - box).max() <= 0.5
+
+    brushes = by_type["brushlabels"]
+    assert len(brushes) == len(masks)
+    for region, mask in zip(brushes, masks):
+        assert mask_iou(ls_rle_to_mask(region["value"]["rle"], width, height), mask) >= 0.99
+
+    # Polygons: one region per separate part; all parts of one detection share its score.
+    parts_by_score = defaultdict(list)
+    for region in by_type["polygonlabels"]:
+        parts_by_score[region["score"]].append(percent_to_pixels(np.array(region["value"]["points"]), width, height))
+    for mask, score in zip(masks, scores):
+        polygons = parts_by_score[round(float(score), 6)]
+        assert polygons, "a mask produced no polygon"
+        assert mask_iou(polygons_to_mask(polygons, width, height), mask) >= 0.95
+
+
+def test_real_photo_regions_are_within_the_image(client: TestClient) -> None:
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url("bus.jpg")}}],
+                                            "label_config": ALL_CONTROLS_CONFIG.replace("circle", "Circle")})
+    assert response.status_code == 200
+    for region in response.json()["results"][0]["result"]:
+        assert (region["original_width"], region["original_height"]) == (810, 1080)
+        value = region["value"]
+        if region["type"] == "rectanglelabels":
+            assert 0 <= value["x"] <= value["x"] + value["width"] <= 100 + 1e-9
+        if region["type"] == "polygonlabels":
+            assert all(0 <= c <= 100 for point in value["points"] for c in point)
