@@ -1,0 +1,200 @@
+"""Label Studio JSON export -> Ultralytics YOLO dataset (detection or segmentation).
+
+    python -m tools.ls_to_yolo --json_file_path export.json --out_dir OUT [--task detect|segment] \\
+        [--val_fraction 0.2] [--seed 0] [--classes ...] [image options as convert_to_rle_mask_coco]
+
+Writes OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml (train with
+`yolo train data=OUT/data.yaml`). Detection labels are the boxes around every region (rotated
+rectangles, polygons and brush masks included); segmentation labels are polygons: Label Studio
+polygons as drawn, rectangles as their four corners, brush masks outlined with the backend's
+`mask_to_polygons` (one line per separate part). The split is a seeded shuffle of the images.
+Tasks whose image is missing are skipped (a YOLO dataset needs the pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import yaml
+
+from backend.geometry import mask_to_box, mask_to_polygons
+from tools.convert_to_rle_mask_coco import (EXIT_ERROR, EXIT_STRICT, ConversionError, ConvertOptions, add_image_source_arguments,
+                                            add_selection_arguments, fixed_classes, image_sources_from_args)
+from tools.coco import points_box
+from tools.ls_export import (BrushRegion, CategoryIndex, ConvertedTask, ExportError, PolygonRegion, Region, Summary,
+                             convert_tasks, iter_export_tasks, parse_class_list, Selection)
+from tools.ls_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir
+from tools.staging import staged_output
+
+TASKS = ("detect", "segment")
+
+
+@dataclass(frozen=True)
+class YoloOptions:
+    convert: ConvertOptions  # export, output folder, classes, selection, images (out_config is not used)
+    task: str = "segment"
+    val_fraction: float = 0.2
+    seed: int = 0
+    polygon_tolerance: float = 0.5  # pixels, for outlining brush masks
+
+
+def detection_line(region: Region, category_id: int, width: int, height: int) -> str | None:
+    """`class cx cy w h`, normalized, for the box around the region clipped to the image."""
+    if isinstance(region, BrushRegion):
+        box = mask_to_box(region.mask)
+    else:
+        box = points_box(region.points if isinstance(region, PolygonRegion) else region.corners)
+    x1, y1, x2, y2 = np.clip(np.array(box, dtype=np.float64), 0, [width, height, width, height])
+    if x2 <= x1 or y2 <= y1:
+        return None
+    values = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+    return " ".join([str(category_id)] + [f"{v:.6f}" for v in values])
+
+
+def segment_lines(region: Region, category_id: int, width: int, height: int, tolerance: float) -> list[str]:
+    """`class x1 y1 x2 y2 ...`, normalized and clipped to the image; one line per polygon."""
+    if isinstance(region, BrushRegion):
+        polygons = mask_to_polygons(region.mask, tolerance=tolerance)
+    else:
+        polygons = [region.points if isinstance(region, PolygonRegion) else region.corners]
+    lines = []
+    for polygon in polygons:
+        coords = (np.asarray(polygon, dtype=np.float64) / np.array([width, height])).clip(0, 1).ravel()
+        lines.append(" ".join([str(category_id)] + [f"{c:.6f}" for c in coords]))
+    return lines
+
+
+def label_lines(converted: ConvertedTask, task: str, tolerance: float) -> list[str]:
+    lines: list[str] = []
+    for region, category_id in converted.regions:
+        if task == "detect":
+            line = detection_line(region, category_id, converted.width, converted.height)
+            lines.extend([line] if line else [])
+        else:
+            lines.extend(segment_lines(region, category_id, converted.width, converted.height, tolerance))
+    return lines
+
+
+def split_names(names: list[str], val_fraction: float, seed: int) -> dict[str, str]:
+    """file name -> train | val: a seeded shuffle of the sorted names, the first ones validate.
+    Both splits get at least one image when there are two or more (Ultralytics needs a val set)."""
+    shuffled = sorted(names)
+    random.Random(seed).shuffle(shuffled)
+    n_val = round(len(shuffled) * val_fraction)
+    if len(shuffled) >= 2:
+        n_val = min(max(n_val, 1), len(shuffled) - 1)
+    return {name: "val" if index < n_val else "train" for index, name in enumerate(shuffled)}
+
+
+def data_yaml(root: Path, names: list[str]) -> str:
+    return yaml.safe_dump({"path": str(root.resolve()), "train": "images/train", "val": "images/val",
+                           "names": dict(enumerate(names))}, sort_keys=False, allow_unicode=True)
+
+
+def write_yolo(converted_tasks: Iterable[ConvertedTask], options: YoloOptions, pending_images: Path,
+               publish: Path, summary: Summary) -> list[str]:
+    """Label files for the converted tasks, then every image and label moved into its split;
+    returns the names of the images written."""
+    pending_labels = pending_images.parent / "labels"
+    written: list[str] = []
+    for converted in converted_tasks:
+        if converted.image.path is None:
+            summary.skip_task(converted.task_id, "missing image")
+            continue
+        if converted.image.how == "shared":  # the same image in two tasks: labelled by the first one
+            summary.skip_task(converted.task_id, "image already used by another task")
+            continue
+        label_path = pending_labels / PurePosixPath(converted.image.file_name).with_suffix(".txt")
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        lines = label_lines(converted, options.task, options.polygon_tolerance)
+        label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        written.append(converted.image.file_name)
+        summary.tasks_converted += 1
+    for name, split in split_names(written, options.val_fraction, options.seed).items():
+        label_name = str(PurePosixPath(name).with_suffix(".txt"))
+        for source, target in ((pending_images / name, publish / "images" / split / name),
+                               (pending_labels / label_name, publish / "labels" / split / label_name)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    return written
+
+
+def export_yolo(options: YoloOptions) -> Summary:
+    """Run the export; raises ConversionError for user errors, leaving no partial output."""
+    base = options.convert
+    if options.task not in TASKS:
+        raise ConversionError(f"--task must be one of {', '.join(TASKS)}")
+    if not 0 <= options.val_fraction < 1:
+        raise ConversionError("--val_fraction must be at least 0 and less than 1")
+    if not base.json_file_path.is_file():
+        raise ConversionError(f"the export '{base.json_file_path}' does not exist")
+    names, config_key = fixed_classes(base)
+    sources = base.sources or ImageSources(default_ls_data_dir(), default_local_files_root())
+    summary = Summary()
+    try:
+        with staged_output(base.out_dir) as staging:
+            pending = staging.work / "pending" / "images"
+            images = ExportImages(ImageLocator(sources, staging.work / "downloads"), pending)
+            categories = CategoryIndex(names)
+            tasks = iter_export_tasks(base.json_file_path, base.progress)
+            converted = convert_tasks(tasks, base.selection, categories, images, base.image_key or config_key, summary)
+            write_yolo(converted, options, pending, staging.publish, summary)
+            summary.categories = categories.names
+            (staging.publish / "data.yaml").write_text(data_yaml(base.out_dir, summary.categories), encoding="utf-8")
+            summary.outputs.append(base.out_dir / "data.yaml")
+    except ExportError as exc:
+        raise ConversionError(str(exc)) from None
+    except OSError as exc:
+        raise ConversionError(f"cannot write the dataset to '{base.out_dir}': {exc}") from None
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.ls_to_yolo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json_file_path", type=Path, required=True, help="the Label Studio JSON export")
+    parser.add_argument("--out_dir", type=Path, required=True, help="output folder (images/, labels/, data.yaml)")
+    parser.add_argument("--task", choices=TASKS, default="segment", help="label format (default: segment)")
+    parser.add_argument("--val_fraction", type=float, default=0.2, help="share of images for validation (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
+    parser.add_argument("--polygon_tolerance", type=float, default=0.5,
+                        help="simplification of brush mask outlines, in pixels (default 0.5)")
+    add_selection_arguments(parser)
+    add_image_source_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    base = ConvertOptions(
+        json_file_path=args.json_file_path, out_dir=args.out_dir, classes=tuple(parse_class_list(args.classes)),
+        label_config=args.label_config,
+        selection=Selection(use_predictions=args.predictions, all_annotations=args.all_annotations),
+        image_key=args.image_key, sources=image_sources_from_args(args), progress=True)
+    options = YoloOptions(base, task=args.task, val_fraction=args.val_fraction, seed=args.seed,
+                          polygon_tolerance=args.polygon_tolerance)
+    try:
+        summary = export_yolo(options)
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(summary.report())
+    print(summary.categories)
+    if args.strict and summary.skipped_anything:
+        print("error: --strict: some tasks, regions or images were skipped (see above)", file=sys.stderr)
+        return EXIT_STRICT
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
