@@ -1,0 +1,321 @@
+"""Offline auto-annotation of a folder of images -> COCO (CVAT-importable) and Label Studio tasks.
+
+    python -m tools.annotate_dir IMAGES_DIR [--model models/demo-shapes-seg.pt] [--config config.toml]
+        [--shape boxes|polygons|masks] [--sam [CHECKPOINT]] [--out_dir DIR] [--ls_tasks tasks.json]
+
+Runs the backend itself (settings, models, batch predictor, image loading) over every image in
+IMAGES_DIR (recursively), then converts the predictions with the same code as the Label Studio
+export converter. Writes DIR/annotations/instances_default.json (DIR defaults to IMAGES_DIR; the
+file names in it are relative to IMAGES_DIR, as CVAT's COCO import expects) and, with --ls_tasks,
+Label Studio tasks with these predictions, to import into a project whose Local Storage (or
+LOCAL_FILES_DOCUMENT_ROOT) serves --ls_root. Files that cannot be read are skipped and reported.
+`--config` takes a TOML file of backend settings (the README's `--with` keys); `--with key=value`
+and the options here override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import parse_qs, quote, unquote, urlparse
+from xml.sax.saxutils import quoteattr
+
+from tqdm import tqdm
+
+from backend.label_config import parse_label_config
+from backend.settings import Settings, SettingsError
+from tools.convert_to_rle_mask_coco import EXIT_ERROR, EXIT_STRICT, write_coco
+from tools.ls_export import CategoryIndex, Selection, Summary
+from tools.ls_images import PlacedImage
+from tools.staging import staged_output
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SHAPE_TAGS = {"boxes": "RectangleLabels", "polygons": "PolygonLabels", "masks": "BrushLabels"}
+COCO_NAME = "instances_default.json"
+
+logger = logging.getLogger(__name__)
+
+
+class AnnotateError(Exception):
+    """A user error; the message says what to fix."""
+
+
+def image_files(images_dir: Path) -> list[Path]:
+    """Image files under the folder, sorted; hidden files and folders are left out."""
+    return sorted(path for path in images_dir.rglob("*")
+                  if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(images_dir).parts))
+
+
+def local_files_url(relative: str) -> str:
+    return "/data/local-files/?d=" + quote(relative)
+
+
+def local_files_path(url: str) -> str:
+    return unquote(parse_qs(urlparse(url).query)["d"][-1])
+
+
+def label_config_xml(class_names: list[str], shape: str) -> str:
+    """A labeling config with one control of the shape's tag whose labels are the model's classes."""
+    tag = SHAPE_TAGS[shape]
+    labels = "".join(f"<Label value={quoteattr(name)}/>" for name in class_names)
+    return f'<View><Image name="image" value="$image"/><{tag} name="label" toName="image">{labels}</{tag}></View>'
+
+
+def load_toml_settings(path: Path) -> dict[str, object]:
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AnnotateError(f"cannot read --config '{path}': {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise AnnotateError(f"--config '{path}' is not valid TOML: {exc}") from None
+    nested = [key for key, value in values.items() if isinstance(value, (dict, list))]
+    if nested:
+        raise AnnotateError(f"--config '{path}': settings are plain `key = value` lines; '{nested[0]}' is not")
+    return values
+
+
+def parse_with(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AnnotateError(f"--with expects key=value, got '{pair}'")
+        overrides[key] = value
+    return overrides
+
+
+@dataclass(frozen=True)
+class AnnotateOptions:
+    images_dir: Path
+    out_dir: Path | None = None  # default: images_dir
+    model: str | None = None  # a .pt file, or a name inside MODEL_ROOT; default: the settings' YOLO_SEG_MODEL
+    shape: str | None = None  # boxes | polygons | masks; default: polygons for segmentation models (or SAM)
+    settings_file: Path | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+    sam_checkpoint: str | None = None  # "" enables SAM with the configured checkpoint
+    ls_tasks: Path | None = None
+    ls_root: Path | None = None  # the Local Storage root the tasks' URLs are relative to; default: images_dir
+    batch: int = 32
+    progress: bool = False
+
+
+def annotate_settings(options: AnnotateOptions, environ: dict[str, str]) -> Settings:
+    values: dict[str, object] = load_toml_settings(options.settings_file) if options.settings_file else {}
+    values.update(dict(options.overrides))
+    values["local_files_document_root"] = str(options.images_dir)
+    if options.model:
+        model_file = Path(options.model).expanduser()
+        if model_file.is_file():
+            values["model_root"] = str(model_file.resolve().parent)
+            values["yolo_det_model"] = values["yolo_seg_model"] = model_file.name
+        else:
+            values["yolo_det_model"] = values["yolo_seg_model"] = options.model
+    if options.sam_checkpoint is not None:
+        values["model_name"] = values.get("model_name") or "sam"
+        values["yolo_sam"] = True
+        if options.sam_checkpoint:
+            values["sam_checkpoint_file"] = options.sam_checkpoint
+    try:
+        settings = Settings.load(values, environ=environ)
+    except SettingsError as exc:
+        raise AnnotateError(str(exc)) from None
+    # One model serves every shape: without --model, the segmentation model unless --shape boxes.
+    model = settings.yolo_det_model if options.shape == "boxes" and not options.model else settings.yolo_seg_model
+    return dataclasses.replace(settings, yolo_det_model=model, yolo_seg_model=model)
+
+
+class FolderImages:
+    """Images stay where they are; COCO file names are their paths relative to the folder."""
+
+    def __init__(self, images_dir: Path) -> None:
+        self._images_dir = images_dir
+
+    def place(self, url: str, task_id: object) -> PlacedImage:
+        relative = local_files_path(url)
+        return PlacedImage(relative, self._images_dir / relative, "in place")
+
+
+def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) -> Summary:
+    """Predict every image of the folder and write the outputs; raises AnnotateError for user errors."""
+    from backend.app import build_services
+    from backend.models.cache import ModelPathError
+    from backend.predictor import BatchPredictor, ModelChoice
+
+    images_dir = options.images_dir.expanduser().resolve()
+    if not images_dir.is_dir():
+        raise AnnotateError(f"'{options.images_dir}' is not a folder")
+    if options.batch < 1:
+        raise AnnotateError("--batch must be at least 1")
+    files = image_files(images_dir)
+    if not files:
+        raise AnnotateError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{images_dir}'")
+    ls_root = (options.ls_root or images_dir).expanduser().resolve()
+    if not images_dir.is_relative_to(ls_root):
+        raise AnnotateError(f"--ls_root '{ls_root}' must contain the images folder '{images_dir}'")
+    options = dataclasses.replace(options, images_dir=images_dir)
+    settings = annotate_settings(options, dict(os.environ) if environ is None else environ)
+    try:
+        services = build_services(settings)
+        model = services.yolo.get(ModelChoice(settings.yolo_seg_model, "--model"))
+    except (ModelPathError, SettingsError, ImportError, OSError) as exc:
+        raise AnnotateError(str(exc)) from None
+    shape = options.shape or ("polygons" if model.has_masks or settings.yolo_sam else "boxes")
+    if shape != "boxes" and not (model.has_masks or settings.yolo_sam):
+        raise AnnotateError(f"'{settings.yolo_seg_model}' is a detection model: use --shape boxes, a segmentation model, or --sam")
+    class_names = list(model.class_names)
+    config = parse_label_config(label_config_xml(class_names, shape))
+    loaded: set[str] = set()
+    box_segmenter = services.interactive.masks_for_boxes if settings.yolo_sam and services.interactive else None
+    predictor = BatchPredictor(settings, services.yolo, services.fetcher, box_segmenter=box_segmenter,
+                               on_image=lambda image: loaded.add(image.url))
+    unreadable: list[tuple[int, str, str]] = []
+    version = services.model_version()
+
+    def predicted_tasks(ls_out: LsTasksWriter | None) -> Iterator[dict]:
+        tasks = [{"id": index, "data": {"image": local_files_url(path.relative_to(images_dir).as_posix())}}
+                 for index, path in enumerate(files, 1)]
+        with tqdm(total=len(tasks), unit="img", desc="predicting", disable=not options.progress or None) as bar:
+            for start in range(0, len(tasks), options.batch):
+                chunk = tasks[start:start + options.batch]
+                for task, prediction, failure in predict_each(predictor, chunk, config, version):
+                    url = task["data"]["image"]
+                    if failure or url not in loaded:
+                        reason = failure or _unreadable_reason(services.fetcher, url)
+                        unreadable.append((task["id"], local_files_path(url), reason))
+                        continue
+                    task["predictions"] = [prediction]
+                    if ls_out is not None:
+                        ls_out.add(task, images_dir, ls_root)
+                    yield task
+                bar.update(len(chunk))
+
+    out_dir = (options.out_dir or images_dir).expanduser()
+    info = {"description": f"auto-annotated by tools.annotate_dir with {version}", "version": "1.0"}
+    try:
+        with staged_output(out_dir) as staging:
+            ls_out = LsTasksWriter(staging.work / "tasks.json") if options.ls_tasks else None
+            summary = write_coco(predicted_tasks(ls_out), Selection(use_predictions=True), CategoryIndex(class_names),
+                                 FolderImages(images_dir), "image", staging.publish / "annotations" / COCO_NAME,
+                                 staging.work, info)
+            summary.outputs.append(out_dir / "annotations" / COCO_NAME)
+            if ls_out is not None:
+                ls_out.close()
+                options.ls_tasks.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(ls_out.path, options.ls_tasks)
+                summary.outputs.append(options.ls_tasks)
+    except OSError as exc:
+        raise AnnotateError(f"cannot write to '{out_dir}': {exc}") from None
+    for task_id, relative, reason in unreadable:
+        summary.tasks += 1
+        summary.skip_task(task_id, "unreadable image")
+        summary.note(f"{relative}: {reason}")
+    return summary
+
+
+def predict_each(predictor, tasks: list[dict], config, version: str) -> Iterator[tuple[dict, dict | None, str | None]]:  # noqa: ANN001
+    """(task, prediction, failure) for each task: one predictor call for the batch; if that call
+    fails, the batch again image by image, so a file that breaks the call costs only itself."""
+    from backend.models.cache import ModelPathError
+    from backend.predictor import PredictionConfigError
+
+    try:
+        predictions = predictor.predict(tasks, config, None, version)
+    except (ModelPathError, PredictionConfigError) as exc:
+        raise AnnotateError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any failure of the call: find the file that caused it
+        if len(tasks) == 1:
+            yield tasks[0], None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        else:
+            for task in tasks:
+                yield from predict_each(predictor, [task], config, version)
+        return
+    yield from ((task, prediction, None) for task, prediction in zip(tasks, predictions))
+
+
+def _unreadable_reason(fetcher, url: str) -> str:  # noqa: ANN001 - backend.images.ImageFetcher
+    from backend.images import ImageError
+
+    try:
+        fetcher.load(url, None, None)
+    except ImageError as exc:
+        return str(exc)
+    return "the model could not process it"
+
+
+class LsTasksWriter:
+    """A Label Studio tasks file (JSON array) written one task at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out: IO[str] = open(path, "w", encoding="utf-8")
+        self._count = 0
+
+    def add(self, task: dict, images_dir: Path, ls_root: Path) -> None:
+        relative = (images_dir / local_files_path(task["data"]["image"])).relative_to(ls_root).as_posix()
+        record = {"data": {"image": local_files_url(relative)}, "predictions": task["predictions"]}
+        self._out.write(("[\n" if self._count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+        self._count += 1
+
+    def close(self) -> None:
+        self._out.write("\n]\n" if self._count else "[]\n")
+        self._out.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.annotate_dir", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images_dir", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--model", default=None,
+                        help="YOLO model: a .pt file, or a name in MODEL_ROOT (default: the settings' YOLO_SEG_MODEL)")
+    parser.add_argument("--config", type=Path, default=None, help="TOML file of backend settings (key = value)")
+    parser.add_argument("--with", dest="overrides", metavar="KEY=VALUE", nargs="+", default=[],
+                        help="backend settings, e.g. --with model_score_threshold=0.3 device=cpu")
+    parser.add_argument("--shape", choices=list(SHAPE_TAGS), default=None,
+                        help="boxes, polygons or masks (RLE); default: polygons for segmentation models and --sam, else boxes")
+    parser.add_argument("--sam", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                        help="masks from SAM prompted with the YOLO boxes (MODEL_NAME=sam, YOLO_SAM=true); "
+                             "optionally the SAM checkpoint file")
+    parser.add_argument("--out_dir", type=Path, default=None,
+                        help="writes OUT_DIR/annotations/instances_default.json (default: IMAGES_DIR)")
+    parser.add_argument("--ls_tasks", type=Path, default=None, help="also write Label Studio tasks with predictions here")
+    parser.add_argument("--ls_root", type=Path, default=None,
+                        help="Label Studio Local Storage root the task URLs are relative to (default: IMAGES_DIR)")
+    parser.add_argument("--batch", type=int, default=32, help="images per prediction call (default 32)")
+    parser.add_argument("--strict", action="store_true", help=f"exit with {EXIT_STRICT} if any file was skipped")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        options = AnnotateOptions(
+            images_dir=args.images_dir, out_dir=args.out_dir, model=args.model, shape=args.shape,
+            settings_file=args.config, overrides=tuple(parse_with(args.overrides).items()),
+            sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True)
+        summary = annotate(options)
+    except AnnotateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(summary.report())
+    print(summary.categories)
+    if args.strict and summary.skipped_anything:
+        return EXIT_STRICT
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
