@@ -12,9 +12,11 @@ from PIL import Image
 from ultralytics import YOLO
 
 from backend.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, percent_to_pixels, polygons_to_mask
-from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_SEG, MODELS_DIR, SHAPES_SEEDS, local_url
+from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_DET, DEMO_SEG, MODELS_DIR, SHAPES_SEEDS, local_url
 
 CONF = 0.25  # the test clients' MODEL_SCORE_THRESHOLD
+# All three controls on the segmentation model: one forward pass serves boxes, polygons and brushes.
+SEG_CONFIG = ALL_CONTROLS_CONFIG.replace('<RectangleLabels name="rect"', f'<RectangleLabels name="rect" model_path="{DEMO_SEG}"')
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def test_regions_decode_to_ultralytics_output(client: TestClient, image_root: Pa
     name = f"shapes_{seed}.png"
     boxes, scores, masks = reference(ultralytics_seg, image_root / name)
     response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url(name)}}],
-                                            "label_config": ALL_CONTROLS_CONFIG})
+                                            "label_config": SEG_CONFIG})
     (result,) = response.json()["results"]
     by_type = defaultdict(list)
     for region in result["result"]:
@@ -60,6 +62,19 @@ def test_regions_decode_to_ultralytics_output(client: TestClient, image_root: Pa
         polygons = parts_by_score[round(float(score), 6)]
         assert polygons, "a mask produced no polygon"
         assert mask_iou(polygons_to_mask(polygons, width, height), mask) >= 0.95
+
+
+@pytest.mark.parametrize("seed", list(SHAPES_SEEDS)[:4])
+def test_detection_model_boxes_equal_ultralytics(client: TestClient, image_root: Path, seed: int) -> None:
+    name = f"shapes_{seed}.png"
+    bgr = np.asarray(Image.open(image_root / name).convert("RGB"))[:, :, ::-1]
+    (expected,) = YOLO(str(MODELS_DIR / DEMO_DET)).predict(bgr, conf=CONF, verbose=False)
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url(name)}}],
+                                            "label_config": ALL_CONTROLS_CONFIG})
+    rects = [r for r in response.json()["results"][0]["result"] if r["type"] == "rectanglelabels"]
+    assert len(rects) == len(expected.boxes) > 0
+    for region, box in zip(rects, expected.boxes.xyxy.numpy()):
+        assert np.abs(np.array(ls_rect_to_box(region["value"], 160, 160)) - box).max() <= 0.5
 
 
 def test_real_photo_regions_are_within_the_image(client: TestClient) -> None:
