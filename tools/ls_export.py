@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import ijson
 import numpy as np
 from tqdm import tqdm
@@ -260,7 +261,13 @@ def _brush_region(label: str, value: dict, size: tuple[int, int] | None,
         return RegionSkip(SKIP_BAD_RLE)
     if not mask.any():
         return RegionSkip(SKIP_EMPTY)
-    return BrushRegion(label, mask)
+    return BrushRegion(label, column_major(mask))
+
+
+def column_major(mask: np.ndarray) -> np.ndarray:
+    """The same boolean mask stored column by column, the order COCO RLE encodes in: pycocotools
+    then needs no transposing copy, and OpenCV's blocked transpose is about twice as fast as numpy's."""
+    return cv2.transpose(mask.view(np.uint8)).T.view(bool)
 
 
 # ---------------------------------------------------------------- categories
