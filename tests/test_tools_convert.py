@@ -155,6 +155,9 @@ def test_every_left_out_region_is_counted_with_its_reason(tmp_path: Path) -> Non
                result("ellipselabels", {"x": 5, "y": 5, "radiusX": 2, "radiusY": 2, "ellipselabels": ["cat"]}, 80, 60, "el"),
                result("polygonlabels", {"points": [[1, 1], [2, 2]], "polygonlabels": ["cat"]}, 80, 60, "line"),
                result("rectanglelabels", {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": []}, 80, 60, "nolabel"),
+               result("rectanglelabels", {"x": "1", "y": 1, "width": 1e308, "height": 5, "rectanglelabels": ["cat"]}, 80, 60, "str"),
+               result("polygonlabels", {"points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "polygonlabels": ["cat"]}, 80, 60, "3d"),
+               result("rectanglelabels", {"x": 1e308, "y": 1, "width": 1e308, "height": 5, "rectanglelabels": ["cat"]}, 80, 60, "inf"),
                result("choices", {"choices": ["outdoor"]}, None, None, "choice")]
     tasks = [task(1, url, [annotation(results)]),
              task(2, "/data/upload/3/ffffffff-gone.png", [annotation([no_size])])]
@@ -165,7 +168,7 @@ def test_every_left_out_region_is_counted_with_its_reason(tmp_path: Path) -> Non
     assert len(coco_dict["annotations"]) == 1
     assert summary.regions_skipped == {"bad RLE": 1, "brush size differs from the image size": 1, "empty": 2,
                                        "keypoints (not converted)": 1, "unsupported region type ellipselabels": 1,
-                                       "no label": 1}
+                                       "no label": 1, "malformed value": 3}
     assert summary.ignored_results == {"choices": 1}
     assert summary.tasks_skipped == {"missing size": 1}
     assert summary.image_problems == {"missing image": 1}

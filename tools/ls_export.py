@@ -75,7 +75,8 @@ def iter_export_tasks(path: Path, progress: bool = False) -> Iterator[dict]:
                 bar.update(handle.tell() - bar.n)
                 yield task
         except ijson.JSONError as exc:
-            raise ExportError(f"'{path}' is not valid JSON (near byte {handle.tell()}): {exc}") from None
+            detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise ExportError(f"'{path}' is not valid JSON (near byte {handle.tell()}): {detail}") from None
 
 
 def _first_significant_byte(handle) -> bytes:  # noqa: ANN001 - a binary file
@@ -232,19 +233,46 @@ def parse_region(result: dict, image_size: tuple[int, int] | None) -> Region | R
         return _brush_region(label, value, own_size or image_size, image_size)
     if image_size is None:
         return RegionSkip(SKIP_MISSING_SIZE)
-    width, height = image_size
+    if kind == "polygonlabels":
+        return _polygon_region(label, value, *image_size)
+    return _rectangle_region(label, value, *image_size)
+
+
+def _finite(values: object) -> np.ndarray | None:
+    """The values as a float array when they are all finite numbers, else None."""
     try:
-        if kind == "polygonlabels":
-            points = percent_to_pixels(np.asarray(value["points"], dtype=np.float64).reshape(-1, 2), width, height)
-            if len(points) < 3 or not np.isfinite(points).all() or polygon_area(points) <= 0:
-                return RegionSkip(SKIP_EMPTY)
-            return PolygonRegion(label, points)
-        corners = ls_rect_corners(value, width, height)
-    except (KeyError, TypeError, ValueError):
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return array if np.isfinite(array).all() else None
+
+
+def _polygon_region(label: str, value: dict, width: int, height: int) -> PolygonRegion | RegionSkip:
+    percent = _finite(value.get("points"))
+    if percent is None or (percent.size and (percent.ndim != 2 or percent.shape[1] != 2)):
         return RegionSkip(SKIP_BAD_VALUE)
-    if not np.isfinite(corners).all() or float(value["width"]) <= 0 or float(value["height"]) <= 0:
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd coordinates are refused below
+        points = percent_to_pixels(percent.reshape(-1, 2), width, height)
+        area = polygon_area(points)
+    if not (np.isfinite(points).all() and np.isfinite(area)):
+        return RegionSkip(SKIP_BAD_VALUE)
+    if len(points) < 3 or area <= 0:
         return RegionSkip(SKIP_EMPTY)
-    return RectangleRegion(label, corners, rotated=bool(value.get("rotation")))
+    return PolygonRegion(label, points)
+
+
+def _rectangle_region(label: str, value: dict, width: int, height: int) -> RectangleRegion | RegionSkip:
+    numbers = _finite([value.get(key) for key in ("x", "y", "width", "height")] + [value.get("rotation") or 0])
+    if numbers is None:
+        return RegionSkip(SKIP_BAD_VALUE)
+    x, y, w, h, rotation = numbers.tolist()
+    if w <= 0 or h <= 0:
+        return RegionSkip(SKIP_EMPTY)
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd coordinates are refused below
+        corners = ls_rect_corners({"x": x, "y": y, "width": w, "height": h, "rotation": rotation}, width, height)
+    if not np.isfinite(corners).all():
+        return RegionSkip(SKIP_BAD_VALUE)
+    return RectangleRegion(label, corners, rotated=rotation % 360 != 0)
 
 
 def _brush_region(label: str, value: dict, size: tuple[int, int] | None,
