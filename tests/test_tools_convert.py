@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -233,3 +234,30 @@ def test_single_task_object_and_strict_mode(tmp_path: Path, capsys: pytest.Captu
     output = capsys.readouterr()
     assert "missing image: 1" in output.out and "--strict" in output.err
     assert main(["--json_file_path", str(missing), *args[:-1]]) == 0
+
+
+def test_label_studio_default_folders_and_unique_image_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools.ls_images import default_local_files_root, default_ls_data_dir
+
+    for name in ("LABEL_STUDIO_BASE_DATA_DIR", "HEARTEX_BASE_DATA_DIR", "BASE_DATA_DIR", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(tmp_path / "storage"))
+    assert default_ls_data_dir() == tmp_path / "home" / ".local" / "share" / "label-studio"
+
+    pixels = np.zeros((30, 40, 3), np.uint8)
+    for folder in ("a", "b"):
+        (tmp_path / "storage" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "storage" / folder / "x.png"), pixels)
+    upload_image(default_ls_data_dir(), "x.png", pixels)
+    box = [rectangle_result((1, 1, 9, 9), "cat", 40, 30)]
+    urls = ["/data/local-files/?d=a/x.png", "/data/local-files/?d=b%2Fx.png", "/data/upload/3/x.png",
+            "/data/upload/3/x.png", str(tmp_path / "storage" / "a" / "x.png")]
+    export = write_export(tmp_path / "e.json", [task(i, url, [annotation(box)]) for i, url in enumerate(urls, 1)])
+
+    coco_dict, summary = run(export, tmp_path / "out", default_ls_data_dir(),
+                             sources=ImageSources(default_ls_data_dir(), default_local_files_root()))
+
+    assert [i["file_name"] for i in coco_dict["images"]] == ["a/x.png", "b/x.png", "x.png", "x.png", "x-task5.png"]
+    assert summary.images == {"copied": 4, "shared": 1}
+    assert all((tmp_path / "out" / "images" / i["file_name"]).is_file() for i in coco_dict["images"])

@@ -100,7 +100,9 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    except (UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    # ImportError: once Ultralytics is imported, Image.open tries to import a HEIF plugin for
+    # files Pillow does not know, and that import can fail.
+    except (UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError, ImportError) as exc:
         raise OSError(f"not a readable image: {exc}") from None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
@@ -183,7 +185,8 @@ class ImageLocator:
             from backend.images import ImageFetcher
             from backend.label_studio import AccessTokens
 
-            # Local Storage files are looked up by local_candidates; the fetcher only downloads.
+            # Local Storage files are looked up by local_candidates, so the fetcher only downloads
+            # (and never decodes: its pixel limit does not apply here).
             self._fetcher = ImageFetcher(self._download_dir, "", self._sources.timeout, 1 << 62,
                                          AccessTokens(timeout=self._sources.timeout))
         return self._fetcher
