@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -211,7 +212,7 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
             if ls_out is not None:
                 ls_out.close()
                 options.ls_tasks.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(ls_out.path, options.ls_tasks)
+                shutil.move(ls_out.path, options.ls_tasks)
                 summary.outputs.append(options.ls_tasks)
     except OSError as exc:
         raise AnnotateError(f"cannot write to '{out_dir}': {exc}") from None
