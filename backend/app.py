@@ -118,8 +118,8 @@ async def read_json(request: Request, max_bytes: int) -> dict:
         payload = json.loads(bytes(body), parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # also integers beyond Python's 4300-digit conversion limit
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:300]}") from None
     if not isinstance(payload, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(payload).__name__}")
     if _depth(payload) > MAX_JSON_DEPTH:
@@ -254,6 +254,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         if context:
             if not isinstance(context, dict) or not isinstance(context.get("result", []), list):
                 raise BadRequest("'params.context' must be an object with a 'result' list")
+            if not all(isinstance(task, dict) and isinstance(task.get("data") or {}, dict) for task in tasks):
+                raise BadRequest("an interactive request's task must be an object whose 'data' is an object")
             return {"results": await run_in_threadpool(_interactive, services, tasks, config, context, credentials)}
         try:
             results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials,

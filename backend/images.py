@@ -60,7 +60,10 @@ def url_kind(url: str) -> str:
         return "upload"
     if url.startswith("/data/local-files"):
         return "local-files"
-    scheme = urlparse(url).scheme.lower()
+    try:
+        scheme = urlparse(url).scheme.lower()
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ImageError(f"image URL '{url[:200]}' cannot be parsed") from None
     if scheme in ("http", "https"):
         return "http"
     if scheme in CLOUD_SCHEMES:
@@ -113,10 +116,15 @@ class ImageFetcher:
         relative = posixpath.normpath(values[-1]).lstrip("/") if values and values[-1] else ""
         if not relative:
             raise ImageError(f"local-files URL '{url[:200]}' has no ?d= path")
-        path = (self._local_root / relative).resolve()
-        if not path.is_relative_to(self._local_root):
+        try:
+            path = (self._local_root / relative).resolve()
+            inside = path.is_relative_to(self._local_root)
+            found = inside and path.is_file()
+        except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+            raise ImageError(f"local-files path '{relative[:200]}' is not a usable file name") from None
+        if not inside:
             raise ImageError(f"local-files path '{relative[:200]}' is outside LOCAL_FILES_DOCUMENT_ROOT")
-        if not path.is_file():
+        if not found:
             raise ImageError(f"local file '{relative[:200]}' not found under LOCAL_FILES_DOCUMENT_ROOT")
         return path
 
@@ -133,5 +141,7 @@ class ImageFetcher:
                 return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         except ImageError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        # ImportError: once Ultralytics is imported, Image.open tries a HEIF plugin for files Pillow
+        # cannot identify, and that import fails where pi-heif is not installed.
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, ImportError) as exc:
             raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None

@@ -118,7 +118,8 @@ class BatchPredictor:
         def load(job: tuple[int, str]) -> TaskImage | None:
             task_index, key = job
             task = tasks[task_index]
-            url = (task.get("data") or {}).get(key) if isinstance(task, dict) else None
+            data = task.get("data") if isinstance(task, dict) else None
+            url = data.get(key) if isinstance(data, dict) else None
             try:
                 if not isinstance(url, str):
                     raise ImageError(f"task data has no '{key}' image URL")

@@ -71,9 +71,13 @@ class PromptRegions:
 
 def _number(value: dict, key: str) -> float | None:
     raw = value.get(key)
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         return None
-    return float(raw)
+    try:
+        number = float(raw)
+    except OverflowError:  # a JSON integer beyond float range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _first_label(value: dict, region_type: str) -> str | None:

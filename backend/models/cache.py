@@ -12,6 +12,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+# Linux NAME_MAX and a margin under PATH_MAX: longer names make stat() fail with ENAMETOOLONG.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 2048
+
+
 class ModelPathError(ValueError):
     """A model path is refused or cannot be found; the message names the setting to change."""
 
@@ -24,6 +29,8 @@ def resolve_model_path(model_root: Path, name: str, setting: str) -> Path:
     """
     if not name or "\x00" in name:
         raise ModelPathError(f"{setting} is empty")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in name.split("/")) or len(name.encode()) > MAX_PATH_BYTES:
+        raise ModelPathError(f"{setting}='{name[:100]}...' is refused: longer than the filesystem allows")
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts or name.startswith("~"):
         raise ModelPathError(f"{setting}='{name}' is refused: model paths must be relative to MODEL_ROOT ({model_root}) without '..'")
