@@ -231,14 +231,8 @@ def _pack_bits(bits: np.ndarray) -> list[int]:
 
 
 def ls_rle_to_mask(rle: Sequence[int], width: int, height: int) -> np.ndarray:
-    """Label Studio BrushLabels `rle` -> boolean mask (alpha channel > 0)."""
-    from label_studio_sdk.converter.brush import decode_rle
-
-    values = decode_rle(list(rle))
-    expected = width * height * 4
-    if values.size != expected:
-        raise ValueError(f"brush RLE holds {values.size} values, expected {expected} for {width}x{height} RGBA")
-    return values.reshape(height, width, 4)[:, :, 3] > 0
+    """Label Studio BrushLabels `rle` -> boolean mask (alpha channel > 0); ValueError if malformed."""
+    return ls_rle_alpha(rle, width, height) > 0
 
 
 # Decoding walks the records in Python (a record's length depends on its own bits) over one

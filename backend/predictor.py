@@ -69,9 +69,12 @@ class BatchPredictor:
         self._box_segmenter = box_segmenter  # SAM: boxes -> masks, when YOLO_SAM is on
         self._on_image = on_image  # e.g. SAM embedding prefetch
 
-    def plan(self, config: LabelConfig) -> dict[ModelChoice, list[Control]]:
-        """Which model serves which controls; raises ModelPathError / PredictionConfigError up front."""
-        plan: dict[ModelChoice, list[Control]] = {}
+    def plan(self, config: LabelConfig) -> dict[YoloModel, list[Control]]:
+        """Which model serves which controls; raises ModelPathError / PredictionConfigError up front.
+
+        Keyed by the loaded model, so controls naming the same file through different settings
+        share one forward pass."""
+        plan: dict[YoloModel, list[Control]] = {}
         for control in config.prediction_controls:
             choice = model_choice(control, self._settings)
             model = self._models.get(choice)
@@ -79,7 +82,7 @@ class BatchPredictor:
                 raise PredictionConfigError(
                     f"<{control.tag} name=\"{control.name}\"> needs masks but {choice.setting}='{choice.path_value}' is a "
                     "detection model: use a segmentation model (e.g. yolov8n-seg.pt) or enable YOLO_SAM with a SAM model")
-            plan.setdefault(choice, []).append(control)
+            plan.setdefault(model, []).append(control)
         return plan
 
     def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
@@ -91,8 +94,7 @@ class BatchPredictor:
         data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
         images = self._load_images(tasks, data_keys, credentials)
         regions: list[list[dict]] = [[] for _ in tasks]
-        for choice, controls in plan.items():
-            model = self._models.get(choice)
+        for model, controls in plan.items():
             conf = min(self._threshold(control) for control in controls)
             for data_key in {control.data_key for control in controls}:
                 indexed = [(i, images[i][data_key]) for i in range(len(tasks)) if images[i].get(data_key) is not None]

@@ -1,8 +1,10 @@
 """Backend /predict against calling Ultralytics directly, same model and images, side by side in one run.
 
-    python bench/bench_predict.py [--model demo-shapes-seg.pt] [--imgsz 640] [--repeats 15]
+    python bench/bench_predict.py [--model demo-shapes-seg.pt] [--image shapes|bus] [--imgsz 640] [--repeats 15]
 
-1. One image (Ultralytics' bus.jpg), a config with RectangleLabels + PolygonLabels + BrushLabels:
+The default image is a 640x640 synthetic shapes image the demo model knows (real models: use
+`--model yolov8n-seg.pt --image bus`, Ultralytics' bus.jpg).
+1. One image, a config with RectangleLabels + PolygonLabels + BrushLabels:
    the backend's /predict over HTTP (image read, inference, boxes, polygons and brush RLE, JSON)
    against `YOLO.predict(path, retina_masks=True)`; prints the median latency ratio (target <= 1.10).
 2. 32 tasks in one /predict against Ultralytics' own batch predict over the same 32 files with the
@@ -25,11 +27,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import cv2  # noqa: E402
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
 from backend.app import build_services, create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from tools.shapes_dataset import generate_image  # noqa: E402
 
 
 def free_port() -> int:
@@ -61,7 +65,8 @@ def main() -> None:
     parser.add_argument("--model", default="demo-shapes-seg.pt", help="file in --model-root (default: the demo seg model)")
     parser.add_argument("--model-root", default=str(REPO_ROOT / "models"))
     parser.add_argument("--imgsz", type=int, default=640, help="inference size for both sides (a real model's 640)")
-    parser.add_argument("--conf", type=float, default=0.05, help="low, so the demo model yields masks on a photo")
+    parser.add_argument("--image", choices=["shapes", "bus"], default="shapes")
+    parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -72,12 +77,14 @@ def main() -> None:
     from ultralytics import YOLO
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    bus = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        names = [f"bus_{i:02d}.jpg" for i in range(args.tasks)]
-        for name in names:
-            shutil.copyfile(bus, root / name)
+        names = [f"image_{i:02d}.jpg" for i in range(args.tasks)]
+        for index, name in enumerate(names):
+            if args.image == "bus":
+                shutil.copyfile(Path(ultralytics.__file__).parent / "assets" / "bus.jpg", root / name)
+            else:
+                cv2.imwrite(str(root / name), generate_image(90_000 + index, size=640).image)
         settings = Settings.load({"model_root": args.model_root, "yolo_det_model": args.model, "yolo_seg_model": args.model,
                                   "yolo_imgsz": args.imgsz, "model_score_threshold": args.conf, "device": "cpu",
                                   "batch_size": args.batch_size, "local_files_document_root": str(root),
@@ -122,7 +129,7 @@ def main() -> None:
 
     median_backend, median_direct = statistics.median(single_backend), statistics.median(single_direct)
     print(f"model {args.model} at imgsz {args.imgsz} on {settings.device}, torch threads {torch.get_num_threads()}")
-    print(f"one image (bus.jpg 810x1080, {detections} detections -> {regions} regions: boxes, polygons, brush RLE)")
+    print(f"one image ({args.image}, {detections} detections -> {regions} regions: boxes, polygons, brush RLE)")
     print(f"  backend /predict median {median_backend * 1000:.1f} ms, Ultralytics predict median {median_direct * 1000:.1f} ms")
     print(f"  latency ratio backend/direct: {median_backend / median_direct:.3f} (target <= 1.10)")
     throughput_backend = args.tasks / statistics.median(batch_backend)

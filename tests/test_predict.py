@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.geometry import ls_rect_to_box
-from tests.conftest import DEMO_DET, MODELS_DIR, SHAPES_SEEDS, config_xml, local_url
+from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, SHAPES_SEEDS, config_xml, local_url
 
 SEEDS = list(SHAPES_SEEDS)[:6]
 
@@ -131,3 +131,25 @@ def test_model_root_default_names_and_offline_error(make_client: Callable[..., T
     assert response.status_code == 400
     assert "YOLO_DET_MODEL" in response.json()["error"] and "MODEL_ROOT" in response.json()["error"]
     assert MODELS_DIR.exists()
+
+
+def test_controls_sharing_a_model_share_one_forward_pass_per_batch(make_client: Callable[..., TestClient],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.models.yolo import YoloModel
+
+    client = make_client(yolo_det_model=DEMO_SEG, batch_size=4)
+    calls: list[int] = []
+    original = YoloModel.predict
+
+    def counting(self: YoloModel, images: list, conf: float) -> list:
+        calls.append(len(images))
+        return original(self, images, conf)
+
+    monkeypatch.setattr(YoloModel, "predict", counting)
+    labels = '<Label value="circle"/><Label value="square"/><Label value="triangle"/>'
+    config = config_xml(f'<RectangleLabels name="rect" toName="image">{labels}</RectangleLabels>',
+                        f'<PolygonLabels name="poly" toName="image">{labels}</PolygonLabels>',
+                        f'<BrushLabels name="brush" toName="image">{labels}</BrushLabels>')
+    results = predict(client, config, shapes())
+    assert calls == [4, 2]  # 6 images in batches of 4, one pass each for all three controls
+    assert {region["type"] for r in results for region in r["result"]} == {"rectanglelabels", "polygonlabels", "brushlabels"}
