@@ -13,9 +13,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -166,7 +169,14 @@ def _optional_str(payload: dict, key: str) -> str | None:
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Model calls run in anyio's worker threads (run_in_threadpool); THREADS caps them per process.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        yield
+
+    app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     state: dict[str, Services] = {}
     if services is not None:
         state["services"] = services
@@ -298,7 +308,9 @@ def _authorized(request: Request, settings: Settings) -> bool:
         user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
-    return hmac.compare_digest(user, settings.basic_auth_user) & hmac.compare_digest(password, settings.basic_auth_pass)
+    # bytes: compare_digest refuses str with non-ASCII characters
+    return hmac.compare_digest(user.encode(), settings.basic_auth_user.encode()) \
+        & hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
 
 
 def _check_model_paths(services: Services, config: LabelConfig) -> None:
