@@ -15,6 +15,7 @@ Runs alternate between the two sides so machine noise hits both alike.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -70,13 +71,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for both sides")
     args = parser.parse_args()
 
     import torch
     import ultralytics
     from ultralytics import YOLO
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         names = [f"image_{i:02d}.jpg" for i in range(args.tasks)]
@@ -92,11 +93,12 @@ def main() -> None:
         url, server = serve(settings)
         model = YOLO(str(Path(args.model_root) / args.model))
         config = label_config([model.names[i] for i in sorted(model.names)])
+        http = httpx.Client(timeout=600)  # keep-alive, as Label Studio's requests session does
         direct_options = dict(conf=args.conf, imgsz=args.imgsz, retina_masks=True, device="cpu", verbose=False)
 
         def backend_call(task_names: list[str]) -> int:
             tasks = [{"id": i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(task_names)]
-            response = httpx.post(f"{url}/predict", json={"tasks": tasks, "label_config": config}, timeout=600)
+            response = http.post(f"{url}/predict", json={"tasks": tasks, "label_config": config})
             response.raise_for_status()
             return sum(len(r["result"]) for r in response.json()["results"])
 
@@ -117,6 +119,9 @@ def main() -> None:
         for _ in range(2):  # warm-up both sides
             backend_call(names[:1])
             direct_call(names[:1])
+        # Ultralytics' CPU device setup lowers torch's thread count (to cores - 1) in whichever thread
+        # sets up a predictor; give both sides the same count before measuring.
+        torch.set_num_threads(args.threads)
         single_backend, single_direct = [], []
         for _ in range(args.repeats):
             single_backend.append(timed(backend_call, names[:1]))

@@ -33,8 +33,12 @@ class YoloModel:
     """A loaded YOLO model; `predict` is safe to call from several threads (calls are serialized)."""
 
     def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
+        import torch
         from ultralytics import YOLO
 
+        # Ultralytics' CPU device setup lowers torch's thread count to cores - 1 (a training habit) in
+        # whichever thread first predicts; inference here keeps the process' own count (OMP_NUM_THREADS).
+        self._torch_threads = torch.get_num_threads()
         if not path.is_file() and not is_downloadable_asset(path.name):
             raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
         try:
@@ -74,7 +78,10 @@ class YoloModel:
             options["half"] = True
         if self.imgsz:
             options["imgsz"] = self.imgsz
+        import torch
+
         with self._lock:
+            torch.set_num_threads(self._torch_threads)
             results = self._model.predict(batch, **options)
         return [_to_detections(result, self.has_masks) for result in results]
 
