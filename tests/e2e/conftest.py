@@ -197,11 +197,12 @@ MakeProject = Callable[..., Project]
 @pytest.fixture(scope="session")
 def make_project(label_studio: LabelStudio) -> MakeProject:
     """`make_project(backend, title, ...)`: create a project, upload shapes PNGs (one task each), connect
-    `backend` and, unless `retrieve=False`, run "Retrieve Predictions" on every task. `legacy_tokens` sets the
-    organization's legacy-token switch first (Label Studio's default is off)."""
+    `backend` (with `basic_auth` credentials, if given) and, unless `retrieve=False`, run "Retrieve Predictions"
+    on every task. `legacy_tokens` sets the organization's legacy-token switch first (Label Studio's default is off)."""
 
     def make(backend: Backend, title: str, seeds: Sequence[int] = E2E_SEEDS, label_config: str = ALL_CONTROLS_CONFIG,
-             legacy_tokens: bool = False, interactive: bool = False, retrieve: bool = True) -> Project:
+             legacy_tokens: bool = False, interactive: bool = False, retrieve: bool = True,
+             basic_auth: tuple[str, str] | None = None) -> Project:
         client = label_studio.client
         client.set_legacy_tokens(legacy_tokens)
         project_id = client.create_project(title, label_config)
@@ -211,7 +212,7 @@ def make_project(label_studio: LabelStudio) -> MakeProject:
         for task_id in task_ids:
             name = client.task(task_id)["data"]["image"].rsplit("/", 1)[-1]
             task_seeds[task_id] = next(seed for seed in seeds if name.endswith(f"shapes-{seed}.png"))
-        state = client.connect_model(project_id, backend.url, f"{title} model", interactive=interactive)
+        state = client.connect_model(project_id, backend.url, f"{title} model", interactive, basic_auth)
         project = Project(project_id, state.id, label_config, task_seeds, state.readable_state)
         if retrieve:
             project.retrieve_answer = client.retrieve_predictions(project_id, sorted(task_seeds))

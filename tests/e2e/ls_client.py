@@ -90,15 +90,16 @@ class LabelStudioClient:
 
     # ---------------------------------------------------------------- ML backends
 
-    def connect_model(self, project_id: int, url: str, title: str, interactive: bool = False) -> MLBackendState:
+    def connect_model(self, project_id: int, url: str, title: str, interactive: bool = False,
+                      basic_auth: tuple[str, str] | None = None) -> MLBackendState:
         """Add Model in the project's settings: Label Studio checks /health, then sends /setup."""
-        created = self.request("POST", "/api/ml", json={"url": url, "project": project_id, "title": title,
-                                                         "is_interactive": interactive}).json()
+        created = self.request("POST", "/api/ml", json=_model_body(project_id, url, title, interactive, basic_auth)).json()
         return self.model_state(int(created["id"]))
 
-    def try_connect_model(self, project_id: int, url: str, title: str) -> requests.Response:
+    def try_connect_model(self, project_id: int, url: str, title: str,
+                          basic_auth: tuple[str, str] | None = None) -> requests.Response:
         return self.request("POST", "/api/ml", expect=tuple(range(200, 600)),
-                            json={"url": url, "project": project_id, "title": title})
+                            json=_model_body(project_id, url, title, False, basic_auth))
 
     def model_state(self, ml_id: int) -> MLBackendState:
         """GET /api/ml/{id} re-checks the backend (health and setup) like the project settings page."""
@@ -115,3 +116,10 @@ class LabelStudioClient:
         """What the labeling editor sends for a smart region; Label Studio answers with the backend's first result."""
         return self.request("POST", f"/api/ml/{ml_id}/interactive-annotating",
                             json={"task": task_id, "context": context}).json()
+
+
+def _model_body(project_id: int, url: str, title: str, interactive: bool, basic_auth: tuple[str, str] | None) -> dict:
+    body: dict = {"url": url, "project": project_id, "title": title, "is_interactive": interactive}
+    if basic_auth is not None:
+        body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+    return body

@@ -62,7 +62,8 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 def start_server(name: str, command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path,
                  url: str, ready_path: str, timeout_s: float) -> ServerProcess:
-    """Start `command` and wait until GET url+ready_path answers 200; stops it again on failure."""
+    """Start `command` and wait until GET url+ready_path answers (any status below 500: a backend with basic
+    auth answers 401); stops it again on failure."""
     log = log_path.open("wb")
     process = subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
@@ -73,7 +74,7 @@ def start_server(name: str, command: Sequence[str], *, cwd: Path, env: Mapping[s
         if process.poll() is not None:
             raise ServerStartError(f"{name} exited with {process.returncode} while starting:\n{server.log_tail()}")
         try:
-            if requests.get(url + ready_path, timeout=5).status_code == 200:
+            if requests.get(url + ready_path, timeout=5).status_code < 500:
                 return server
         except requests.RequestException:
             pass

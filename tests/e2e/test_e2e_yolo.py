@@ -173,3 +173,18 @@ def test_personal_access_token_downloads_uploads(label_studio: LabelStudio, star
     assert_rectangles_match(stored_prediction(label_studio, task_id), own_detections(own_yolo["detect"], seed))
     # the same exchange, in this process, against the real server
     assert AccessTokens(timeout=30).bearer_or_legacy(Credentials(label_studio.url, token)) != token
+
+
+def test_backend_with_basic_auth_gets_label_studios_credentials(label_studio: LabelStudio, start_backend: StartBackend,
+                                                                make_project: MakeProject,
+                                                                own_yolo: dict[str, YoloModel]) -> None:
+    credentials = ("label-studio", "e2e-basic-auth-pass")
+    backend = start_backend([f"basic_auth_user={credentials[0]}", f"basic_auth_pass={credentials[1]}"])
+    project = make_project(backend, "e2e basic auth", seeds=(5006,), legacy_tokens=True, basic_auth=credentials)
+    label_studio.client.set_legacy_tokens(False)
+    assert project.connected_state == "Connected"
+    (task_id, seed), = project.task_seeds.items()
+    assert_rectangles_match(stored_prediction(label_studio, task_id), own_detections(own_yolo["detect"], seed))
+    for wrong in (None, (credentials[0], "wrong")):
+        refused = label_studio.client.try_connect_model(project.id, backend.url, "wrong credentials", wrong)
+        assert refused.status_code == 400 and "authentication parameters" in refused.text
