@@ -173,6 +173,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Model calls run in anyio's worker threads (run_in_threadpool); THREADS caps them per process.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        # Built on a first request instead, loading SAM would block this worker's event loop, and with it
+        # every other request (Label Studio's health check too), for as long as a large checkpoint takes.
+        await anyio.to_thread.run_sync(get_services)
         yield
 
     app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None,

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,6 +78,23 @@ def basic_auth_client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     settings = Settings.load({"basic_auth_user": "annotator", "basic_auth_pass": "s3cret",
                               "cache_dir": str(tmp_path_factory.mktemp("auth"))}, environ={})
     return TestClient(create_app(settings))
+
+
+def test_services_are_built_at_startup_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.app
+
+    built_in: list[str] = []
+
+    def recording_build(settings: Settings) -> backend.app.Services:
+        built_in.append(threading.current_thread().name)
+        return build_services(settings)
+
+    monkeypatch.setattr(backend.app, "build_services", recording_build)
+    settings = Settings.load({"cache_dir": str(tmp_path)}, environ={})
+    with TestClient(create_app(settings)) as client:  # runs the app's startup, as a gunicorn worker does
+        assert len(built_in) == 1 and built_in[0] != client.portal.call(lambda: threading.current_thread().name)
+        assert client.get("/health").status_code == 200
+    assert len(built_in) == 1
 
 
 @pytest.mark.parametrize("header", [
