@@ -224,10 +224,14 @@ class SamModel:
         self.transform = ResizeLongestSide(network.image_encoder.img_size)
         # SAM-HQ's encoder also returns intermediate ViT features, and its decoder takes them.
         self._hq = "interm_embeddings" in network.mask_decoder.forward.__code__.co_varnames
+        # Ultralytics lowers torch's CPU thread count to cores - 1 when YOLO first predicts on CPU; SAM
+        # calls (request or prefetch threads) keep the count the process had when SAM was loaded.
+        self._torch_threads = torch.get_num_threads()
 
     @torch.no_grad()
     def embed(self, pixels: np.ndarray) -> ImageEmbedding:
         """Run the image encoder on HxWx3 uint8 RGB pixels (SamPredictor.set_image)."""
+        torch.set_num_threads(self._torch_threads)
         resized = self.transform.apply_image(pixels)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
         encoded = self.network.image_encoder(self.network.preprocess(tensor))
@@ -264,6 +268,7 @@ class SamModel:
 
     def _predict_torch(self, embedding: ImageEmbedding, coords: torch.Tensor | None, labels: torch.Tensor | None,
                        boxes: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.set_num_threads(self._torch_threads)
         network = self.network
         sparse, dense = network.prompt_encoder(points=(coords, labels) if coords is not None else None,
                                                boxes=boxes, masks=None)
