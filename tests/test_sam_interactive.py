@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,11 @@ from segment_anything import SamPredictor
 from backend._wsgi import check_models
 from backend.app import Services, build_services, create_app
 from backend.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from backend.images import ImageFetcher
+from backend.interactive import RecentImages
+from backend.label_studio import AccessTokens
 from backend.models.sam import SamLoadError
+from backend.models.sam_embeddings import image_key
 from tests.conftest import ALL_CONTROLS_CONFIG, demo_settings, load_protocol_fixture, local_url, ultralytics_asset
 
 SAM_SETTINGS = {"model_name": "sam", "sam_config": "demo", "sam_checkpoint_file": "demo-tiny-sam.pt",
@@ -244,3 +249,16 @@ def test_disk_cache_is_shared_by_workers(image_root: Path, tmp_path: Path) -> No
     assert first.encoder_calls == 1
     assert second.predict(request) and second.encoder_calls == 0
     assert len(answer) == len(second.predict(request))
+
+
+def test_repeated_clicks_reuse_the_decoded_image_until_its_file_changes(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    shutil.copyfile(ultralytics_asset("bus.jpg"), root / "photo.jpg")
+    images = RecentImages(ImageFetcher(tmp_path / "cache", str(root), 30.0, 10**8, AccessTokens(30.0)))
+    first, key = images.load(local_url("photo.jpg"), 1, None)
+    assert images.load(local_url("photo.jpg"), 1, None) == (first, key)
+    assert key == image_key(first.pixels)
+    shutil.copyfile(ultralytics_asset("zidane.jpg"), root / "photo.jpg")
+    changed, changed_key = images.load(local_url("photo.jpg"), 1, None)
+    assert changed.pixels.shape == (720, 1280, 3) and changed_key != key

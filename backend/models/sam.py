@@ -307,8 +307,9 @@ class SamSegmenter:
         self.encoder_calls = 0
         self.disk_hits = 0
 
-    def embedding(self, pixels: np.ndarray) -> ImageEmbedding:
-        key = image_key(pixels)
+    def embedding(self, pixels: np.ndarray, key: str | None = None) -> ImageEmbedding:
+        """The image's embedding; `key` is image_key(pixels) when the caller already has it."""
+        key = key or image_key(pixels)
         found = self._memory.get(key)
         if found is None:
             with self._encoder_lock:
@@ -336,8 +337,8 @@ class SamSegmenter:
         return found
 
     def masks(self, pixels: np.ndarray, points: np.ndarray | None, point_labels: np.ndarray | None,
-              box: np.ndarray | None, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.decode(self.embedding(pixels), points, point_labels, box, multimask)
+              box: np.ndarray | None, multimask: bool, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.decode(self.embedding(pixels, key), points, point_labels, box, multimask)
 
     def masks_for_boxes(self, pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return self.model.decode_boxes(self.embedding(pixels), boxes)
