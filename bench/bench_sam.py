@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.geometry import mask_to_ls_rle
 from backend.images import ImageFetcher
 from backend.interactive import InteractivePredictor
 from backend.label_config import parse_label_config
@@ -94,18 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         segmenter.masks(shifted(1), points[0], positive, None, multimask=True)  # warm-up: allocator, kernels
         for repeat in range(1, args.repeats + 1):
             pixels = shifted(3 * repeat)
-            timings["sam first"].append(seconds(lambda: segmenter.masks(pixels, points[0], positive, None, True)))
-            timings["sam repeated"] += [seconds(lambda p=p: segmenter.masks(pixels, p, positive, None, True))
-                                        for p in points]
             name = f"bus_{repeat}.jpg"
             Image.fromarray(shifted(3 * repeat + 1)).save(Path(root) / name, quality=95)
-            timings["backend first"].append(seconds(lambda: backend_click(name, x_percents[0])))
-            timings["backend repeated"] += [seconds(lambda x=x: backend_click(name, x)) for x in x_percents]
             raw_pixels = shifted(3 * repeat + 2)
+            timings["sam first"].append(seconds(lambda: segmenter.masks(pixels, points[0], positive, None, True)))
+            timings["backend first"].append(seconds(lambda: backend_click(name, x_percents[0])))
             timings["raw first"].append(seconds(lambda: (raw.set_image(raw_pixels),
                                                          raw.predict(points[0], positive, multimask_output=True))))
-            timings["raw repeated"] += [seconds(lambda p=p: raw.predict(p, positive, multimask_output=True))
-                                        for p in points]
+            # Repeated clicks alternate between the three sides, so machine noise hits them alike.
+            for point, x_percent in zip(points, x_percents):
+                timings["sam repeated"].append(seconds(lambda: segmenter.masks(pixels, point, positive, None, True)))
+                timings["backend repeated"].append(seconds(lambda: backend_click(name, x_percent)))
+                timings["raw repeated"].append(seconds(lambda: raw.predict(point, positive, multimask_output=True)))
 
     median = {name: statistics.median(values) for name, values in timings.items()}
     print(f"SAM vit_b (random weights) on CPU, {args.threads} threads, {width}x{height} image, "
@@ -119,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{repeated / median['raw repeated']:5.2f}x (<= 1.1x)   first/raw set_image+predict "
               f"{first / median['raw first']:5.2f}x (<= 1.1x)")
     print(f"  encoder runs: {segmenter.encoder_calls} (1 warm-up + 2 per image: SAM level and backend level)")
+    # Random weights answer with speckled masks, whose brush RLE is far longer than a real object's.
+    masks, scores = segmenter.masks(pixels, points[0], positive, None, multimask=True)
+    mask = masks[int(np.argmax(scores))]
+    runs = int(np.count_nonzero(mask.ravel()[1:] != mask.ravel()[:-1]))
+    smooth = np.zeros_like(mask)
+    smooth[height // 4:3 * height // 4, width // 4:3 * width // 4] = True
+    print(f"  of the backend's extra time, brush RLE: {seconds(lambda: mask_to_ls_rle(mask)) * 1e3:.1f} ms for this "
+          f"mask ({runs} runs), {seconds(lambda: mask_to_ls_rle(smooth)) * 1e3:.1f} ms for one solid object")
     return 0
 
 
