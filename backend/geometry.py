@@ -218,11 +218,10 @@ def _int_bits(value: int, width: int) -> np.ndarray:
 
 
 def _variable_width_bits(records: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Concatenate each record's lowest `width` bits, most significant first."""
-    max_width = int(widths.max()) if widths.size else 0
-    shifts = np.arange(max_width - 1, -1, -1)
-    bit_matrix = ((records[:, None] >> shifts[None, :]) & 1).astype(np.uint8)
-    keep = shifts[None, :] < widths[:, None]
+    """Concatenate each record's lowest `width` bits (at most 32), most significant first."""
+    left_aligned = (records.astype(np.uint32) << (32 - widths).astype(np.uint32)).astype(">u4")
+    bit_matrix = np.unpackbits(left_aligned.view(np.uint8)).reshape(-1, 32)
+    keep = np.arange(32)[None, :] < widths[:, None]
     return bit_matrix[keep]
 
 
