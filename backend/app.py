@@ -85,7 +85,8 @@ def build_services(settings: Settings) -> Services:
     cache = ModelCache()
     tokens = AccessTokens(timeout=settings.download_timeout)
     fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root,
-                           settings.download_timeout, settings.max_image_pixels, tokens)
+                           settings.download_timeout, settings.max_image_pixels, tokens,
+                           settings.max_download_bytes)
     yolo = YoloModels(settings, cache, device)
     metrics = Metrics()
     interactive = None

@@ -2,7 +2,7 @@
 
 Downloads and Local Storage lookups go through label-studio-sdk's `get_local_path`; this module
 decides which URLs are allowed at all, confines Local Storage to LOCAL_FILES_DOCUMENT_ROOT, puts a
-timeout on every download, and refuses decompression bombs before decoding.
+timeout and a size limit on every download, and refuses decompression bombs before decoding.
 """
 
 from __future__ import annotations
@@ -42,14 +42,37 @@ class TaskImage:
         return int(self.pixels.shape[0])
 
 
-class _TimeoutSession(requests.Session):
-    def __init__(self, timeout: float) -> None:
+class DownloadTooLarge(requests.RequestException):
+    """The body is larger than the download limit; raised while it streams, before it fills memory."""
+
+
+class _LimitedSession(requests.Session):
+    """Every request gets a timeout; a successful streamed body is read here, up to `max_bytes`."""
+
+    def __init__(self, timeout: float, max_bytes: int) -> None:
         super().__init__()
         self._timeout = timeout
+        self._max_bytes = max_bytes
 
     def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
         kwargs.setdefault("timeout", self._timeout)
-        return super().request(method, url, **kwargs)
+        response = super().request(method, url, **kwargs)
+        if kwargs.get("stream") and response.ok:
+            response._content = self._read_limited(response)  # what `response.content` then returns
+        return response
+
+    def _read_limited(self, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            response.close()
+            raise DownloadTooLarge(f"it announces {int(declared)} bytes, more than MAX_DOWNLOAD_BYTES={self._max_bytes}")
+        body = bytearray()
+        for chunk in response.iter_content(1 << 16):  # decoded (gzip) bytes: the limit holds after decompression
+            body += chunk
+            if len(body) > self._max_bytes:
+                response.close()
+                raise DownloadTooLarge(f"it is more than MAX_DOWNLOAD_BYTES={self._max_bytes} bytes")
+        return bytes(body)
 
 
 def url_kind(url: str) -> str:
@@ -75,12 +98,13 @@ class ImageFetcher:
     """Fetch (with an on-disk cache) and decode task images."""
 
     def __init__(self, cache_dir: Path, local_files_root: str, timeout: float, max_pixels: int,
-                 tokens: AccessTokens) -> None:
+                 tokens: AccessTokens, max_download_bytes: int) -> None:
         self._cache_dir = cache_dir
         self._local_root = Path(local_files_root).expanduser().resolve() if local_files_root else None
         self._timeout = timeout
         self._max_pixels = max_pixels
         self._tokens = tokens
+        self._max_download_bytes = max_download_bytes
 
     def fetch(self, url: str, task_id: int | None, credentials: Credentials | None) -> Path:
         """Local path of the image behind `url`, downloading it into the cache if needed."""
@@ -94,7 +118,7 @@ class ImageFetcher:
                              "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
         token = self._tokens.bearer_or_legacy(credentials) if credentials and credentials.token else None
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        session = _TimeoutSession(self._timeout)
+        session = _LimitedSession(self._timeout, self._max_download_bytes)
         try:
             with ls_io.http_session(session), ls_io.local_files_resolver(None):
                 path = ls_io.get_local_path(url, cache_dir=str(self._cache_dir),
@@ -105,6 +129,8 @@ class ImageFetcher:
             raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}") from None
         except requests.Timeout:
             raise ImageError(f"downloading '{url[:200]}' timed out after {self._timeout:g} s") from None
+        except DownloadTooLarge as exc:
+            raise ImageError(f"downloading '{url[:200]}' was abandoned: {exc}") from None
         except (requests.RequestException, OSError, ValueError) as exc:
             raise ImageError(f"cannot fetch '{url[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
         finally:

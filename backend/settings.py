@@ -58,6 +58,7 @@ class Settings:
     download_timeout: float = _setting(30.0, "Seconds to wait for an image download.")
     fetch_workers: int = _setting(8, "Images fetched concurrently in a multi-task /predict.")
     max_image_pixels: int = _setting(100_000_000, "Images with more pixels are refused (decompression bombs).")
+    max_download_bytes: int = _setting(100_000_000, "Image downloads larger than this are abandoned (bytes, after gzip decoding).")
     max_request_bytes: int = _setting(20_000_000, "Request bodies larger than this get 413.")
     # Server
     basic_auth_user: str = _setting("", "Basic auth user; with BASIC_AUTH_PASS, every endpoint requires it.")
@@ -88,7 +89,7 @@ class Settings:
     def validate(self) -> None:
         if not 0.0 <= self.model_score_threshold <= 1.0:
             raise SettingsError("MODEL_SCORE_THRESHOLD must be between 0 and 1")
-        for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_request_bytes", "workers", "threads"):
+        for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_download_bytes", "max_request_bytes", "workers", "threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1")
         if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-sam-") as root:
         settings = Settings.load({"local_files_document_root": root, "cache_dir": root}, environ={})
-        fetcher = ImageFetcher(Path(root) / "cache", root, 30.0, settings.max_image_pixels, AccessTokens(30.0))
+        fetcher = ImageFetcher(Path(root) / "cache", root, 30.0, settings.max_image_pixels, AccessTokens(30.0),
+                               settings.max_download_bytes)
         backend = InteractivePredictor(segmenter, settings, fetcher, "bench")
 
         def backend_click(name: str, x_percent: float) -> None:

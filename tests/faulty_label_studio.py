@@ -14,7 +14,8 @@ class FaultyLabelStudio:
     """Label Studio's media endpoints on 127.0.0.1, misbehaving by file name:
     ok*.png 200 | unauthorized.png 401 | missing.png 404 | error.png 500 | slow.png held until `release`
     | truncated.png half the PNG | short.png announces more bytes than it sends | reset.png closes the
-    connection | flaky.png 500 for its first `flaky_failures` requests, then 200."""
+    connection | flaky.png 500 for its first `flaky_failures` requests, then 200 | padded.png the PNG
+    followed by 3x its size of zeros | unsized-padded.png the same without Content-Length."""
 
     def __init__(self, image: bytes, flaky_failures: int = 2) -> None:
         self.image = image
@@ -46,6 +47,13 @@ class FaultyLabelStudio:
                     self.end_headers()
                     self.wfile.write(fake.image[:100])
                     self.close_connection = True
+                elif name == "padded.png":
+                    self.reply(200, fake.padded())
+                elif name == "unsized-padded.png":
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(fake.padded())
+                    self.close_connection = True
                 elif name == "reset.png":
                     self.close_connection = True
                 elif name == "flaky.png":
@@ -67,6 +75,9 @@ class FaultyLabelStudio:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def padded(self) -> bytes:
+        return self.image + bytes(3 * len(self.image))
 
     @staticmethod
     def file_name(path: str) -> str:

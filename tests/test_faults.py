@@ -97,6 +97,28 @@ def test_a_failed_download_is_retried_on_the_next_request(label_studio: FaultyLa
     assert predict(client, [upload_task(1, "flaky.png")])[0]["result"]
 
 
+def test_downloads_over_the_size_limit_are_abandoned(label_studio: FaultyLabelStudio, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    limit = 2 * len(label_studio.image)
+    client = app_client(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=TOKEN,
+                        max_download_bytes=limit)
+    caplog.set_level(logging.WARNING, logger="backend")
+    results = predict(client, [upload_task(1, "padded.png"), upload_task(2, "unsized-padded.png"),
+                               upload_task(3, "ok.png")])
+    assert [bool(result["result"]) for result in results] == [False, False, True]
+    warnings = "\n".join(record.getMessage() for record in caplog.records)
+    assert (f"task 1: downloading '/data/upload/1/padded.png' was abandoned: it announces {4 * len(label_studio.image)} "
+            f"bytes, more than MAX_DOWNLOAD_BYTES={limit}") in warnings
+    assert f"task 2: downloading '/data/upload/1/unsized-padded.png' was abandoned: it is more than MAX_DOWNLOAD_BYTES={limit}" in warnings
+    cached = {path.name for path in (tmp_path / "cache").rglob("*") if path.is_file()}
+    assert not any("padded" in name for name in cached), cached
+    # under the limit, the same padded file is an image like any other
+    roomy = app_client(tmp_path / "roomy", label_studio_url=label_studio.url, label_studio_api_key=TOKEN,
+                       max_download_bytes=4 * len(label_studio.image))
+    assert all(result["result"] for result in predict(roomy, [upload_task(1, "padded.png"),
+                                                              upload_task(2, "unsized-padded.png")]))
+
+
 def test_unreachable_label_studio_answers_empty_predictions(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with FaultyLabelStudio(b"") as closed:
         url = closed.url  # the port is free again once the server is closed

@@ -255,7 +255,7 @@ def test_repeated_clicks_reuse_the_decoded_image_until_its_file_changes(tmp_path
     root = tmp_path / "files"
     root.mkdir()
     shutil.copyfile(ultralytics_asset("bus.jpg"), root / "photo.jpg")
-    images = RecentImages(ImageFetcher(tmp_path / "cache", str(root), 30.0, 10**8, AccessTokens(30.0)))
+    images = RecentImages(ImageFetcher(tmp_path / "cache", str(root), 30.0, 10**8, AccessTokens(30.0), 10**8))
     first, key = images.load(local_url("photo.jpg"), 1, None)
     assert images.load(local_url("photo.jpg"), 1, None) == (first, key)
     assert key == image_key(first.pixels)

@@ -186,9 +186,11 @@ class ImageLocator:
             from backend.label_studio import AccessTokens
 
             # Local Storage files are looked up by local_candidates, so the fetcher only downloads
-            # (and never decodes: its pixel limit does not apply here).
-            self._fetcher = ImageFetcher(self._download_dir, "", self._sources.timeout, 1 << 62,
-                                         AccessTokens(timeout=self._sources.timeout))
+            # (and never decodes: its pixel limit does not apply here). The export is the user's own
+            # data, so no download size limit either.
+            unlimited = 1 << 62
+            self._fetcher = ImageFetcher(self._download_dir, "", self._sources.timeout, unlimited,
+                                         AccessTokens(timeout=self._sources.timeout), unlimited)
         return self._fetcher
 
 
