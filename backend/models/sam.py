@@ -33,7 +33,7 @@ DEMO_CONFIG = "demo"
 FAMILIES: dict[str, tuple[str, str]] = {
     "sam": ("segment_anything", "pip install segment-anything"),
     "mobile_sam": ("mobile_sam", "pip install git+https://github.com/ChaoningZhang/MobileSAM.git"),
-    "sam_hq": ("segment_anything_hq", "pip install segment-anything-hq"),
+    "sam_hq": ("segment_anything_hq", "pip install segment-anything-hq timm"),
 }
 CONFIGS: dict[str, tuple[str, ...]] = {
     "sam": ("vit_b", "vit_l", "vit_h", DEMO_CONFIG),
