@@ -179,54 +179,66 @@ _MAX_RUN = 1 << 16
 def mask_to_ls_rle(mask: np.ndarray) -> list[int]:
     """Boolean mask -> Label Studio BrushLabels `rle` (same bytes as the SDK's mask2rle(mask * 255))."""
     flat = np.ascontiguousarray(mask, dtype=bool).ravel()
-    n_values = flat.size * 4
+    header = [(flat.size * 4, 32), (_WORD_SIZE - 1, 5)] + [(size - 1, 4) for size in _RLE_SIZES]
+    header_values, header_bits = np.array(header, dtype=np.int64).T
     if flat.size == 0:
-        return _pack_bits(_header_bits(0))
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts = np.concatenate(([0], change))
-    lengths = np.diff(np.concatenate((starts, [flat.size]))) * 4
-    values = np.where(flat[starts], 255, 0).astype(np.int64)
-    # Runs longer than 2**16 are written as full 2**16 chunks followed by the remainder.
-    n_full = np.where(lengths > _MAX_RUN, (lengths - 1) // _MAX_RUN, 0)
-    chunk_counts = n_full + 1
-    chunk_values = np.repeat(values, chunk_counts)
-    chunk_lengths = np.full(int(chunk_counts.sum()), _MAX_RUN, dtype=np.int64)
-    last_of_run = np.cumsum(chunk_counts) - 1
-    chunk_lengths[last_of_run] = lengths - n_full * _MAX_RUN
-
-    size_index = np.searchsorted(np.array([8, 16, 256]), chunk_lengths, side="left")
+        return _pack_fields(header_values, header_bits)
+    starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
+    lengths = np.diff(starts, append=flat.size)
+    lengths *= 4  # runs over RGBA bytes, so every run is a series (length >= 4)
+    # The size field follows the whole run's length: a long run's short remainder keeps 16 bits.
+    size_index = (lengths > 8).astype(np.int64)
+    size_index += lengths > 16
+    size_index += lengths > 256
+    run_values = flat[starts]
+    if lengths.max() > _MAX_RUN:  # written as full 2**16 chunks followed by the remainder
+        n_full = np.where(lengths > _MAX_RUN, (lengths - 1) // _MAX_RUN, 0)
+        chunk_counts = n_full + 1
+        remainders = lengths - n_full * _MAX_RUN
+        lengths = np.full(int(chunk_counts.sum()), _MAX_RUN, dtype=np.int64)
+        lengths[np.cumsum(chunk_counts) - 1] = remainders
+        size_index = np.repeat(size_index, chunk_counts)
+        run_values = np.repeat(run_values, chunk_counts)
     field_bits = np.array(_RLE_SIZES)[size_index]
-    is_series = chunk_lengths > 1
     # record = series flag (1) | size index (2) | length - 1 (field bits) | value (8)
-    records = ((is_series.astype(np.int64) << 2 | size_index) << field_bits | (chunk_lengths - 1)) << _WORD_SIZE | chunk_values
-    record_bits = 3 + field_bits + _WORD_SIZE
-    header = _header_bits(n_values)
-    body = _variable_width_bits(records, record_bits)
-    bits = np.concatenate((header, body))
-    # The SDK always appends 1..8 zero bits (8 when already byte-aligned); match it byte for byte.
-    bits = np.concatenate((bits, np.zeros(8 - bits.size % 8, dtype=np.uint8)))
-    return _pack_bits(bits)
+    records = size_index
+    records |= 0b100
+    records <<= field_bits
+    lengths -= 1
+    records |= lengths
+    records <<= _WORD_SIZE
+    records |= run_values * 255
+    field_bits += 3 + _WORD_SIZE
+    return _pack_fields(np.concatenate((header_values, records)), np.concatenate((header_bits, field_bits)))
 
 
-def _header_bits(n_values: int) -> np.ndarray:
-    fields = [(n_values, 32), (_WORD_SIZE - 1, 5)] + [(size - 1, 4) for size in _RLE_SIZES]
-    return np.concatenate([_int_bits(value, width) for value, width in fields])
+def _pack_fields(values: np.ndarray, widths: np.ndarray) -> list[int]:
+    """Bytes of the fields' lowest `width` bits (at most 32 each) written one after another, most
+    significant first, followed by 1..8 zero bits (8 when already byte-aligned), as the SDK writes them.
 
-
-def _int_bits(value: int, width: int) -> np.ndarray:
-    return ((value >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
-
-
-def _variable_width_bits(records: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Concatenate each record's lowest `width` bits (at most 32), most significant first."""
-    left_aligned = (records.astype(np.uint32) << (32 - widths).astype(np.uint32)).astype(">u4")
-    bit_matrix = np.unpackbits(left_aligned.view(np.uint8)).reshape(-1, 32)
-    keep = np.arange(32)[None, :] < widths[:, None]
-    return bit_matrix[keep]
-
-
-def _pack_bits(bits: np.ndarray) -> list[int]:
-    return np.packbits(bits).tolist()
+    Each field lands in one 64-bit word, or straddles two; fields never share bits, so adding a
+    word's fields together is OR-ing them. In-place steps: this runs per mask on /predict, and
+    fresh temporaries of this size cost page faults."""
+    offsets = np.cumsum(widths)
+    total_bits = int(offsets[-1])
+    offsets -= widths
+    word = offsets >> 6
+    shift = offsets  # 64 - bit offset in the word - width; negative: straddles into the next word
+    shift &= 63
+    shift += widths
+    np.subtract(64, shift, out=shift)
+    straddling = shift < 0
+    np.abs(shift, out=shift)
+    shift_bits = shift.astype(np.uint64)
+    head = values.astype(np.uint64)
+    np.left_shift(head, shift_bits, out=head, where=~straddling)
+    np.right_shift(head, shift_bits, out=head, where=straddling)
+    words = np.zeros(total_bits // 64 + 2, dtype=np.uint64)
+    first_in_word = np.flatnonzero(np.diff(word, prepend=-1))
+    words[word[first_in_word]] = np.add.reduceat(head, first_in_word)
+    tails = values[straddling].astype(np.uint64) << (np.uint64(64) - shift_bits[straddling])
+    words[word[straddling] + 1] += tails
+    return words.astype(">u8").view(np.uint8)[: total_bits // 8 + 1].tolist()
 
 
 def ls_rle_to_mask(rle: Sequence[int], width: int, height: int) -> np.ndarray:

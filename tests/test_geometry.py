@@ -48,10 +48,16 @@ def test_ls_rle_is_byte_identical_to_sdk_and_decodes_exactly(mask: np.ndarray) -
     assert np.array_equal(ls_rle_to_mask(encoded, mask.shape[1], mask.shape[0]), mask)
 
 
-def test_ls_rle_handles_runs_longer_than_16_bits() -> None:
-    full = np.ones((300, 400), bool)  # 480,000 RGBA values in one run
+@pytest.mark.parametrize(("height", "width"), [(300, 400), (86, 191), (128, 128), (1, 16385)],
+                         ids=["remainder 21,248", "remainder 168", "no remainder", "remainder 4"])
+def test_ls_rle_handles_runs_longer_than_16_bits(height: int, width: int) -> None:
+    # 2**16-value chunks, then the remainder: written with a 16-bit length field even when short
+    full = np.ones((height, width), bool)
     assert mask_to_ls_rle(full) == mask2rle(full.astype(np.uint8) * 255)
-    assert decode_rle(mask_to_ls_rle(full)).size == 300 * 400 * 4
+    assert decode_rle(mask_to_ls_rle(full)).size == height * width * 4
+    shifted = np.zeros((height, width + 3), bool)
+    shifted[:, 3:] = True
+    assert mask_to_ls_rle(shifted) == mask2rle(shifted.astype(np.uint8) * 255)
 
 
 def test_ls_rle_size_mismatch_is_an_error() -> None:
