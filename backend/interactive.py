@@ -59,10 +59,8 @@ def segment(segmenter: SamSegmenter, pixels: np.ndarray, prompt: SamPrompt,
             key: str | None = None) -> tuple[np.ndarray, float]:
     """SAM's mask for the prompt, (H, W) bool, and its predicted IoU."""
     clicks = len(prompt.points) > 0
-    masks, scores = segmenter.masks(pixels, prompt.points if clicks else None, prompt.point_labels if clicks else None,
-                                    prompt.box, multimask=prompt.is_single_click, key=key)
-    best = int(np.argmax(scores))
-    return masks[best], float(scores[best])
+    return segmenter.best_mask(pixels, prompt.points if clicks else None, prompt.point_labels if clicks else None,
+                               prompt.box, multimask=prompt.is_single_click, key=key)
 
 
 class RecentImages:

@@ -82,6 +82,24 @@ def test_demo_sam_answers_like_sam_predictor(demo_model: SamModel, bus: np.ndarr
         assert sam.encoder_calls == 1
 
 
+def test_best_mask_is_sam_predictors_best_scored_candidate(demo_model: SamModel, bus: np.ndarray,
+                                                           shapes: tuple[np.ndarray, list[np.ndarray]]) -> None:
+    # best_mask picks on the low-resolution logits and upscales only that candidate
+    for pixels, clicks in ((bus, [[300.0, 620.0], [500.0, 300.0], [100.0, 900.0]]),
+                           (shapes[0], [interior_click(mask) for mask in shapes[1]])):
+        sam, predictor = segmenter(demo_model), reference(demo_model, pixels)
+        for click in clicks:
+            point, positive = np.array([click]), np.array([1])
+            masks, scores, _ = predictor.predict(point, positive, multimask_output=True)
+            mask, score = sam.best_mask(pixels, point, positive, None, multimask=True)
+            assert np.array_equal(mask, masks[int(np.argmax(scores))])
+            assert score == pytest.approx(float(scores.max()), rel=1e-5)
+        box = np.array([10.0, 20.0, 300.0, 400.0])
+        masks, scores, _ = predictor.predict(box=box, multimask_output=False)
+        mask, score = sam.best_mask(pixels, None, None, box, multimask=False)
+        assert np.array_equal(mask, masks[0]) and score == pytest.approx(float(scores[0]), rel=1e-5)
+
+
 def test_a_negative_click_changes_the_mask_as_sam_does(demo_model: SamModel,
                                                        shapes: tuple[np.ndarray, list[np.ndarray]]) -> None:
     pixels, masks = shapes

@@ -240,8 +240,9 @@ class SamModel:
 
     @torch.no_grad()
     def decode(self, embedding: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,
-               box: np.ndarray | None, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Masks (C, H, W) bool and their predicted IoU (C,) for one prompt (SamPredictor.predict)."""
+               box: np.ndarray | None, multimask: bool, best_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (C, H, W) bool and their predicted IoU (C,) for one prompt (SamPredictor.predict);
+        with `best_only`, only the candidate with the highest predicted IoU (C = 1)."""
         coords = labels = boxes = None
         if points is not None:
             coords = torch.as_tensor(self.transform.apply_coords(points, embedding.original_size),
@@ -250,7 +251,7 @@ class SamModel:
         if box is not None:
             boxes = torch.as_tensor(self.transform.apply_boxes(box, embedding.original_size),
                                     dtype=torch.float, device=self.device)[None, :]
-        masks, scores = self._predict_torch(embedding, coords, labels, boxes, multimask)
+        masks, scores = self._predict_torch(embedding, coords, labels, boxes, multimask, best_only)
         return masks[0].cpu().numpy(), scores[0].cpu().numpy()
 
     @torch.no_grad()
@@ -267,7 +268,8 @@ class SamModel:
         return masks
 
     def _predict_torch(self, embedding: ImageEmbedding, coords: torch.Tensor | None, labels: torch.Tensor | None,
-                       boxes: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       boxes: torch.Tensor | None, multimask: bool,
+                       best_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         torch.set_num_threads(self._torch_threads)
         network = self.network
         sparse, dense = network.prompt_encoder(points=(coords, labels) if coords is not None else None,
@@ -277,6 +279,10 @@ class SamModel:
                                                image_pe=network.prompt_encoder.get_dense_pe(),
                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                                multimask_output=multimask, **extra)
+        if best_only:  # choose before upscaling: postprocessing is per mask, so the chosen mask is the same
+            best = scores.argmax(dim=1, keepdim=True)
+            low_res = torch.take_along_dim(low_res, best[:, :, None, None], dim=1)
+            scores = torch.take_along_dim(scores, best, dim=1)
         masks = network.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         return masks > network.mask_threshold, scores
 
@@ -339,6 +345,13 @@ class SamSegmenter:
     def masks(self, pixels: np.ndarray, points: np.ndarray | None, point_labels: np.ndarray | None,
               box: np.ndarray | None, multimask: bool, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.model.decode(self.embedding(pixels, key), points, point_labels, box, multimask)
+
+    def best_mask(self, pixels: np.ndarray, points: np.ndarray | None, point_labels: np.ndarray | None,
+                  box: np.ndarray | None, multimask: bool, key: str | None = None) -> tuple[np.ndarray, float]:
+        """The (H, W) bool mask with the highest predicted IoU, and that IoU."""
+        masks, scores = self.model.decode(self.embedding(pixels, key), points, point_labels, box, multimask,
+                                          best_only=True)
+        return masks[0], float(scores[0])
 
     def masks_for_boxes(self, pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return self.model.decode_boxes(self.embedding(pixels), boxes)
