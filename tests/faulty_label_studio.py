@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from tests.fake_label_studio import LoopbackServer, QuietHandler
 
 TOKEN = "fault-token"
 SLOW_RESPONSE_MAX_S = 30.0  # bound on how long the server holds a slow request
 
 
-class FaultyLabelStudio:
+class FaultyLabelStudio(LoopbackServer):
     """Label Studio's media endpoints on 127.0.0.1, misbehaving by file name:
     ok*.png 200 | unauthorized.png 401 | missing.png 404 | error.png 500 | slow.png held until `release`
     | truncated.png half the PNG | short.png announces more bytes than it sends | reset.png closes the
@@ -25,7 +26,7 @@ class FaultyLabelStudio:
         self.release = threading.Event()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 name = fake.file_name(self.path)
                 fake.requests.append(name)
@@ -62,19 +63,7 @@ class FaultyLabelStudio:
                 else:
                     self.reply(404, b"{}")
 
-            def reply(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def padded(self) -> bytes:
         return self.image + bytes(3 * len(self.image))
@@ -86,11 +75,6 @@ class FaultyLabelStudio:
         target = parse_qs(parsed.query).get("filepath", [parsed.path])[0]
         return target.rsplit("/", 1)[-1]
 
-    def __enter__(self) -> FaultyLabelStudio:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from backend.label_config import parse_label_config
 from backend.settings import Settings, SettingsError
-from tools.convert_to_rle_mask_coco import EXIT_ERROR, EXIT_STRICT, write_coco
+from tools.convert_to_rle_mask_coco import EXIT_STRICT, run_and_report, write_coco
 from tools.ls_export import CategoryIndex, Selection, Summary
 from tools.ls_images import PlacedImage
 from tools.staging import staged_output
@@ -299,23 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        options = AnnotateOptions(
+
+    def run() -> Summary:
+        return annotate(AnnotateOptions(
             images_dir=args.images_dir, out_dir=args.out_dir, model=args.model, shape=args.shape,
             settings_file=args.config, overrides=tuple(parse_with(args.overrides).items()),
-            sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True)
-        summary = annotate(options)
-    except AnnotateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(summary.report())
-    print(summary.categories)
-    if args.strict and summary.skipped_anything:
-        return EXIT_STRICT
-    return 0
+            sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True))
+
+    return run_and_report(run, args.strict, AnnotateError)
 
 
 if __name__ == "__main__":

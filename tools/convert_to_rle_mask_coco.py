@@ -22,7 +22,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-from collections.abc import Iterable  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 from backend.label_config import LabelConfigError  # noqa: E402
@@ -181,9 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         label_config=args.label_config, out_config=args.out_config, ann_name=args.ann_name,
         selection=Selection(use_predictions=args.predictions, all_annotations=args.all_annotations),
         image_key=args.image_key, sources=image_sources_from_args(args), progress=True)
+    return run_and_report(lambda: convert(options), args.strict, ConversionError)
+
+
+def run_and_report(run: Callable[[], Summary], strict: bool, errors: type[Exception] | tuple[type[Exception], ...]) -> int:
+    """A tool's exit status: its summary and category list printed (OpenMMLab's script prints the
+    categories last), a clear message for `errors` and interruptions, EXIT_STRICT if `strict` and
+    anything was skipped."""
     try:
-        summary = convert(options)
-    except ConversionError as exc:
+        summary = run()
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(summary.report())
     print(summary.categories)
-    if args.strict and summary.skipped_anything:
+    if strict and summary.skipped_anything:
         print("error: --strict: some tasks, regions or images were skipped (see above)", file=sys.stderr)
         return EXIT_STRICT
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,8 +24,8 @@ import numpy as np
 import yaml
 
 from backend.geometry import mask_to_box, mask_to_polygons
-from tools.convert_to_rle_mask_coco import (EXIT_ERROR, EXIT_STRICT, ConversionError, ConvertOptions, add_image_source_arguments,
-                                            add_selection_arguments, fixed_classes, image_sources_from_args)
+from tools.convert_to_rle_mask_coco import (ConversionError, ConvertOptions, add_image_source_arguments, add_selection_arguments,
+                                            fixed_classes, image_sources_from_args, run_and_report)
 from tools.coco import points_box
 from tools.ls_export import (BrushRegion, CategoryIndex, ConvertedTask, ExportError, PolygonRegion, Region, Summary,
                              convert_tasks, iter_export_tasks, parse_class_list, Selection)
@@ -180,20 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         image_key=args.image_key, sources=image_sources_from_args(args), progress=True)
     options = YoloOptions(base, task=args.task, val_fraction=args.val_fraction, seed=args.seed,
                           polygon_tolerance=args.polygon_tolerance)
-    try:
-        summary = export_yolo(options)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(summary.report())
-    print(summary.categories)
-    if args.strict and summary.skipped_anything:
-        print("error: --strict: some tasks, regions or images were skipped (see above)", file=sys.stderr)
-        return EXIT_STRICT
-    return 0
+    return run_and_report(lambda: export_yolo(options), args.strict, ConversionError)
 
 
 if __name__ == "__main__":
