@@ -39,6 +39,8 @@ def test_openmmlab_command_line_keys_parse() -> None:
     ({"model_score_threshold": "high"}, "MODEL_SCORE_THRESHOLD"),
     ({"model_score_threshold": "1.5"}, "between 0 and 1"),
     ({"batch_size": "0"}, "BATCH_SIZE"),
+    ({"max_download_bytes": "0"}, "MAX_DOWNLOAD_BYTES must be at least 1"),
+    ({"max_download_bytes": "lots"}, "MAX_DOWNLOAD_BYTES"),
     ({"device": "tpu"}, "DEVICE"),
     ({"out_mask": "maybe"}, "OUT_MASK"),
     ({"model_name": "sam2000"}, "MODEL_NAME"),
