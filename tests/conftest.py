@@ -17,7 +17,7 @@ from tools.shapes_dataset import generate_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
-LS_PROTOCOL_DIR = REPO_ROOT.parent / "shared" / "ls-protocol"
+LS_PROTOCOL_DIR = REPO_ROOT / "tests" / "data" / "ls-protocol"
 DEMO_DET = "demo-shapes-det.pt"
 DEMO_SEG = "demo-shapes-seg.pt"
 SHAPES_SEEDS = range(5000, 5012)  # held out from the demo models' training seeds (0..359)
@@ -30,10 +30,7 @@ def ultralytics_asset(name: str) -> Path:
 
 
 def load_protocol_fixture(name: str) -> dict:
-    path = LS_PROTOCOL_DIR / name
-    if not path.exists():
-        pytest.skip(f"{path} not found (../shared/ls-protocol sits beside the repository in CI)")
-    return json.loads(path.read_text())
+    return json.loads((LS_PROTOCOL_DIR / name).read_text())
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
            if not name.startswith(("LABEL_STUDIO_", "DJANGO_", "ML_", "SSRF_"))}
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        # The backend runs on loopback, which Label Studio refuses by default (see ../shared/ls-protocol).
+        # The backend runs on loopback, which Label Studio refuses by default (see tests/data/ls-protocol/README.md).
         "ML_BLOCK_LOCAL_IP": "false",
         "SSRF_PROTECTION_ENABLED": "false",
         "COLLECT_ANALYTICS": "false",
