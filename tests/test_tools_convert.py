@@ -160,8 +160,10 @@ def test_every_left_out_region_is_counted_with_its_reason(tmp_path: Path) -> Non
                result("polygonlabels", {"points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "polygonlabels": ["cat"]}, 80, 60, "3d"),
                result("rectanglelabels", {"x": 1e308, "y": 1, "width": 1e308, "height": 5, "rectanglelabels": ["cat"]}, 80, 60, "inf"),
                result("choices", {"choices": ["outdoor"]}, None, None, "choice")]
+    (tmp_path / "ls" / "media" / "upload" / "3" / "00000002-garbage.png").write_bytes(b"not an image")
     tasks = [task(1, url, [annotation(results)]),
-             task(2, "/data/upload/3/ffffffff-gone.png", [annotation([no_size])])]
+             task(2, "/data/upload/3/ffffffff-gone.png", [annotation([no_size])]),
+             task(3, "/data/upload/3/00000002-garbage.png", [annotation([no_size])])]
     export = write_export(tmp_path / "e.json", tasks)
 
     coco_dict, summary = run(export, tmp_path / "out", tmp_path / "ls")
@@ -171,10 +173,11 @@ def test_every_left_out_region_is_counted_with_its_reason(tmp_path: Path) -> Non
                                        "keypoints (not converted)": 1, "unsupported region type ellipselabels": 1,
                                        "no label": 1, "malformed value": 3}
     assert summary.ignored_results == {"choices": 1}
-    assert summary.tasks_skipped == {"missing size": 1}
-    assert summary.image_problems == {"missing image": 1}
+    assert summary.tasks_skipped == {"image not found on disk": 1, "missing size": 1}
+    assert summary.image_problems == {"unreadable image": 1}
     report = summary.report()
-    assert "bad RLE: 1" in report and "task 2" in report and "missing image" in report
+    assert "bad RLE: 1" in report and "image not found on disk: 1" in report
+    assert "task 2 skipped: image not found on disk (not in " in report and "task 3: image 00000002-garbage.png is unreadable" in report
 
 
 def test_images_are_found_by_original_name_or_downloaded_with_an_api_key(tmp_path: Path) -> None:
@@ -232,8 +235,32 @@ def test_single_task_object_and_strict_mode(tmp_path: Path, capsys: pytest.Captu
     assert main(["--json_file_path", str(export), *args]) == 0
     assert main(["--json_file_path", str(missing), *args]) == 3
     output = capsys.readouterr()
-    assert "missing image: 1" in output.out and "--strict" in output.err
+    assert "image not found on disk: 1" in output.out and "--strict" in output.err
     assert main(["--json_file_path", str(missing), *args[:-1]]) == 0
+
+
+def test_tasks_whose_image_could_not_be_copied_are_left_out_of_the_coco_file(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    ls_dir = tmp_path / "ls"
+    present = [t for t, _ in shapes_tasks(ls_dir, range(7, 9))]
+    gone = [dict(present[0], id=90, data={"image": "/data/upload/3/0000dead-gone.png"}),
+            dict(present[1], id=91, data={"image": "https://127.0.0.1:9/unreachable.png"})]
+    export = write_export(tmp_path / "e.json", [gone[0], present[0], gone[1], present[1]])
+
+    coco_dict, summary = run(export, tmp_path / "out", ls_dir, sources=ImageSources(ls_dir, timeout=2))
+
+    assert [image["ls_task_id"] for image in coco_dict["images"]] == [7, 8]
+    assert all((tmp_path / "out" / "images" / image["file_name"]).is_file() for image in coco_dict["images"])
+    assert {a["image_id"] for a in coco_dict["annotations"]} == {1, 2}
+    assert summary.tasks_skipped == {"image not found on disk": 1, "image download failed": 1}
+    assert summary.images == {"copied": 2, "missing": 2}
+    report = summary.report()
+    assert "tasks skipped: 2 (image not found on disk: 1, image download failed: 1)" in report
+    assert "task 91 skipped: image download failed (" in report
+    args = ["--json_file_path", str(export), "--out_dir", str(tmp_path / "strict"), "--ls_data_dir", str(ls_dir), "--timeout", "2"]
+    assert main([*args, "--strict"]) == 3
+    assert json.loads((tmp_path / "strict" / "annotations" / "ann.json").read_text())["images"] == coco_dict["images"]
+    assert "--strict" in capsys.readouterr().err
 
 
 def test_label_studio_default_folders_and_unique_image_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from backend.geometry import mask_iou, mask_to_box, polygons_to_mask
-from tests.tools_exports import shapes_tasks, write_export
-from tools.convert_to_rle_mask_coco import ConvertOptions
+from backend.geometry import mask_iou, mask_to_box, mask_to_polygons, polygons_to_mask
+from tests.tools_exports import (annotation, brush_result, polygon_result, rectangle_result, shapes_tasks, task, upload_image,
+                                 write_export)
+from tools.convert_to_rle_mask_coco import ConversionError, ConvertOptions
 from tools.ls_images import ImageSources
-from tools.ls_to_yolo import YoloOptions, export_yolo, main, split_names
-from tools.shapes_dataset import CLASS_NAMES
+from tools.ls_to_yolo import YoloOptions, export_yolo, main, split_names, write_yolo_dataset
+from tools.shapes_dataset import CLASS_NAMES, generate_image
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,118 @@ def test_ultralytics_trains_one_epoch_on_the_export(export: tuple[Path, Path, di
     assert sum(len(label["cls"]) for label in dataset.labels) == our_lines > 0
     assert all(len(label["segments"]) == len(label["cls"]) for label in dataset.labels)
     assert (tmp_path / "runs" / "one" / "weights" / "last.pt").is_file()
+
+
+THREE_CONTROLS_CONFIG = """<View><Image name="image" value="$image"/>
+  <RectangleLabels name="rect" toName="image"><Label value="circle"/><Label value="square"/><Label value="triangle"/></RectangleLabels>
+  <PolygonLabels name="poly" toName="image"><Label value="circle"/><Label value="square"/><Label value="triangle"/></PolygonLabels>
+  <BrushLabels name="brush" toName="image"><Label value="circle"/><Label value="square"/><Label value="triangle"/></BrushLabels>
+</View>"""
+
+
+def three_control_tasks(ls_dir: Path, seeds: range) -> tuple[list[dict], dict]:
+    """Each instance drawn three times, as the backend predicts a Rectangle + Polygon + Brush config:
+    its box ('rect'), its outline ('poly', one region per part) and its mask ('brush')."""
+    tasks, samples = [], {}
+    for seed in seeds:
+        sample = generate_image(seed)
+        height, width = sample.image.shape[:2]
+        url = upload_image(ls_dir, f"{seed:08x}-three_{seed}.png", sample.image)
+        results = []
+        for index, instance in enumerate(sample.instances):
+            label = CLASS_NAMES[instance.class_id]
+            results.append(dict(rectangle_result(mask_to_box(instance.mask), label, width, height, region_id=f"r{index}"),
+                                from_name="rect"))
+            results += [dict(polygon_result(polygon, label, width, height, f"p{index}_{part}"), from_name="poly")
+                        for part, polygon in enumerate(mask_to_polygons(instance.mask))]
+            results.append(dict(brush_result(instance.mask, label, f"b{index}"), from_name="brush"))
+        tasks.append(task(seed, url, [annotation(results, annotation_id=seed)]))
+        samples[f"{seed:08x}-three_{seed}"] = sample
+    return tasks, samples
+
+
+def all_labels(root: Path) -> dict[str, list[tuple[int, np.ndarray]]]:
+    return {p.stem: read_labels(p) for p in (root / "labels").rglob("*.txt")}
+
+
+def test_an_object_drawn_by_three_controls_is_labelled_once_from_the_most_precise_kind(tmp_path: Path) -> None:
+    tasks, samples = three_control_tasks(tmp_path / "ls", range(60, 64))
+    export_path = write_export(tmp_path / "export.json", tasks)
+    n_instances = sum(len(sample.instances) for sample in samples.values())
+    n_parts = sum(len(mask_to_polygons(i.mask)) for sample in samples.values() for i in sample.instances)
+
+    segment = export_yolo(YoloOptions(ConvertOptions(export_path, tmp_path / "seg", classes=CLASS_NAMES, sources=ImageSources(tmp_path / "ls")),
+                                      task="segment"))
+    detect = export_yolo(YoloOptions(ConvertOptions(export_path, tmp_path / "det", classes=CLASS_NAMES, sources=ImageSources(tmp_path / "ls")),
+                                     task="detect"))
+
+    for stem, lines in all_labels(tmp_path / "seg").items():
+        sample = samples[stem]
+        height, width = sample.image.shape[:2]
+        expected = [(i.class_id, polygon) for i in sample.instances for polygon in mask_to_polygons(i.mask)]
+        assert [class_id for class_id, _ in lines] == [class_id for class_id, _ in expected]
+        for (_, coords), (_, polygon) in zip(lines, expected):  # the polygons as drawn, not the brush outlines
+            assert np.allclose(coords.reshape(-1, 2) * [width, height], polygon, atol=1e-3)
+    assert segment.regions_by_control == {"poly (polygon)": n_parts}
+    assert segment.regions_unused == {"rectangle duplicating a region of another control": n_instances,
+                                      "brush duplicating a region of another control": n_instances}
+    assert not segment.skipped_anything
+    report = segment.report()
+    assert f"regions used by control: poly (polygon) {n_parts}" in report and f"regions not used: {2 * n_instances}" in report
+
+    for stem, lines in all_labels(tmp_path / "det").items():
+        sample = samples[stem]
+        assert [class_id for class_id, _ in lines] == [i.class_id for i in sample.instances]
+    assert detect.regions_by_control == {"rect (rectangle)": n_instances}
+    assert sum(detect.regions_unused.values()) == n_instances + n_parts
+
+
+def test_from_name_picks_the_control_and_write_yolo_dataset_takes_task_dicts(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    tasks, samples = three_control_tasks(tmp_path / "ls", range(70, 73))
+    export_path = write_export(tmp_path / "export.json", tasks)
+    args = ["--json_file_path", str(export_path), "--ls_data_dir", str(tmp_path / "ls"), "--task", "segment"]
+
+    assert main([*args, "--out_dir", str(tmp_path / "brush"), "--from_name", "brush"]) == 0
+    assert "regions used by control: brush (brush)" in capsys.readouterr().out
+    for stem, lines in all_labels(tmp_path / "brush").items():
+        sample = samples[stem]
+        height, width = sample.image.shape[:2]
+        outlines = [polygons_to_mask([coords.reshape(-1, 2) * [width, height]], width, height) for _, coords in lines]
+        assert len(lines) == sum(len(mask_to_polygons(i.mask)) for i in sample.instances)
+        assert all(any(mask_iou(outline, i.mask) > 0.5 for i in sample.instances) for outline in outlines)
+
+    assert main([*args, "--out_dir", str(tmp_path / "none"), "--from_name", "nope"]) == 1
+    assert "no region comes from that control (controls in the export: brush, poly, rect)" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+    summary = write_yolo_dataset(iter(tasks), tmp_path / "api", task="detect", label_config=THREE_CONTROLS_CONFIG,
+                                 from_names=["rect", "poly"], sources=ImageSources(tmp_path / "ls"), seed=3)
+    assert summary.categories == list(CLASS_NAMES) and summary.tasks_converted == 3
+    assert yaml.safe_load((tmp_path / "api" / "data.yaml").read_text())["names"] == dict(enumerate(CLASS_NAMES))
+    for stem, lines in all_labels(tmp_path / "api").items():
+        assert [class_id for class_id, _ in lines] == [i.class_id for i in samples[stem].instances]
+    with pytest.raises(ConversionError, match="--task must be one of"):
+        write_yolo_dataset(tasks, tmp_path / "bad", task="pose")
+
+
+def test_objects_drawn_with_different_kinds_are_all_kept(tmp_path: Path) -> None:
+    sample = generate_image(91)  # four objects, three of them circles
+    height, width = sample.image.shape[:2]
+    url = upload_image(tmp_path / "ls", "0000005b-mixed.png", sample.image)
+    results = []
+    for index, instance in enumerate(sample.instances):  # each object once, by a different control
+        label = CLASS_NAMES[instance.class_id]
+        if index % 2:
+            results.append(dict(rectangle_result(mask_to_box(instance.mask), label, width, height, region_id=f"r{index}"),
+                                from_name="rect"))
+        else:
+            results.append(dict(brush_result(instance.mask, label, f"b{index}"), from_name="brush"))
+    export_path = write_export(tmp_path / "e.json", [task(91, url, [annotation(results)])])
+
+    summary = export_yolo(YoloOptions(ConvertOptions(export_path, tmp_path / "ds", classes=CLASS_NAMES, sources=ImageSources(tmp_path / "ls")),
+                                      task="detect", val_fraction=0.0))
+
+    lines, = all_labels(tmp_path / "ds").values()
+    assert [class_id for class_id, _ in lines] == [i.class_id for i in sample.instances]
+    assert not summary.regions_unused

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -144,12 +144,14 @@ def task_image_url(task: dict, image_key: str | None) -> str | None:
 class BrushRegion:
     label: str
     mask: np.ndarray  # bool HxW
+    from_name: str = ""  # the control tag that drew it
 
 
 @dataclass(frozen=True)
 class PolygonRegion:
     label: str
     points: np.ndarray  # Nx2 pixel (x, y)
+    from_name: str = ""  # the control tag that drew it
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class RectangleRegion:
     label: str
     corners: np.ndarray  # 4x2 pixel (x, y), clockwise from Label Studio's anchor
     rotated: bool
+    from_name: str = ""  # the control tag that drew it
 
 
 Region = BrushRegion | PolygonRegion | RectangleRegion
@@ -230,12 +233,17 @@ def parse_region(result: dict, image_size: tuple[int, int] | None) -> Region | R
         return RegionSkip(SKIP_NO_LABEL)
     own_size = result_size(result)
     if kind == "brushlabels":
-        return _brush_region(label, value, own_size or image_size, image_size)
-    if image_size is None:
+        region = _brush_region(label, value, own_size or image_size, image_size)
+    elif image_size is None:
         return RegionSkip(SKIP_MISSING_SIZE)
-    if kind == "polygonlabels":
-        return _polygon_region(label, value, *image_size)
-    return _rectangle_region(label, value, *image_size)
+    elif kind == "polygonlabels":
+        region = _polygon_region(label, value, *image_size)
+    else:
+        region = _rectangle_region(label, value, *image_size)
+    from_name = result.get("from_name")
+    if isinstance(region, RegionSkip) or not isinstance(from_name, str):
+        return region
+    return replace(region, from_name=from_name)
 
 
 def _finite(values: object) -> np.ndarray | None:
@@ -362,6 +370,8 @@ class Summary:
     tasks_skipped: Counter = field(default_factory=Counter)  # reason -> count
     regions_skipped: Counter = field(default_factory=Counter)  # reason -> count
     ignored_results: Counter = field(default_factory=Counter)  # result type -> count (not regions)
+    regions_unused: Counter = field(default_factory=Counter)  # reason -> count: left out on purpose, not a problem
+    regions_by_control: Counter = field(default_factory=Counter)  # "control (kind)" -> regions used
     cancelled_annotations: int = 0
     images: Counter = field(default_factory=Counter)  # copied | downloaded | shared | in place | missing
     image_problems: Counter = field(default_factory=Counter)  # reason -> count
@@ -379,9 +389,9 @@ class Summary:
         self.regions_skipped[reason] += 1
         self.note(f"task {task_id}: region {result.get('id', '?')} skipped: {reason}")
 
-    def skip_task(self, task_id: object, reason: str) -> None:
+    def skip_task(self, task_id: object, reason: str, detail: str | None = None) -> None:
         self.tasks_skipped[reason] += 1
-        self.note(f"task {task_id} skipped: {reason}")
+        self.note(f"task {task_id} skipped: {reason}" + (f" ({detail})" if detail else ""))
 
     @property
     def skipped_anything(self) -> bool:
@@ -392,10 +402,12 @@ class Summary:
         converted = ", ".join(f"{kind} {count}" for kind, count in sorted(self.regions.items())) or "none"
         lines.append(f"regions converted: {sum(self.regions.values())} ({converted})")
         lines.append("images: " + (", ".join(f"{how} {count}" for how, count in sorted(self.images.items())) or "none"))
+        if self.regions_by_control:
+            lines.append("regions used by control: " + ", ".join(f"{control} {count}" for control, count in self.regions_by_control.items()))
         if self.cancelled_annotations:
             lines.append(f"cancelled annotations passed over: {self.cancelled_annotations}")
         for title, counter in (("tasks skipped", self.tasks_skipped), ("regions skipped", self.regions_skipped),
-                               ("image problems", self.image_problems),
+                               ("image problems", self.image_problems), ("regions not used", self.regions_unused),
                                ("results ignored (not image regions)", self.ignored_results)):
             if counter:
                 details = ", ".join(f"{reason}: {count}" for reason, count in counter.most_common())
@@ -449,8 +461,11 @@ def convert_tasks(tasks: Iterable[dict], selection: Selection, categories: Categ
             continue
         image = images.place(url, task_id)
         summary.images[image.how] += 1
+        if image.path is None:  # a dataset never names a file it does not hold
+            summary.skip_task(task_id, image.reason or "image missing", image.problem)
+            continue
         size = first_result_size(results)
-        file_size = _file_size(image, summary, task_id)
+        file_size = _file_size(image, image.path, summary, task_id)
         if size and file_size and size != file_size:
             summary.image_problems["image size differs from the annotation's original size"] += 1
             summary.note(f"task {task_id}: image {image.file_name} is {file_size[0]}x{file_size[1]}, "
@@ -476,13 +491,9 @@ def convert_tasks(tasks: Iterable[dict], selection: Selection, categories: Categ
         yield ConvertedTask(task_id, image, size[0], size[1], regions)
 
 
-def _file_size(image: PlacedImage, summary: Summary, task_id: object) -> tuple[int, int] | None:
-    if image.path is None:
-        summary.image_problems["missing image"] += 1
-        summary.note(f"task {task_id}: image missing: {image.problem}")
-        return None
+def _file_size(image: PlacedImage, path: Path, summary: Summary, task_id: object) -> tuple[int, int] | None:
     try:
-        return image_size(image.path)
+        return image_size(path)
     except OSError as exc:
         summary.image_problems["unreadable image"] += 1
         summary.note(f"task {task_id}: image {image.file_name} is unreadable: {exc}")

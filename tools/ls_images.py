@@ -107,11 +107,17 @@ def image_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+MISSING_NOT_AN_IMAGE_URL = "not an image URL or path"
+MISSING_NOT_ON_DISK = "image not found on disk"
+MISSING_DOWNLOAD_FAILED = "image download failed"
+
+
 @dataclass(frozen=True)
 class LocatedImage:
     path: Path | None  # None when the image could not be found
     downloaded: bool  # the file is a download of ours (move it, don't copy it)
-    problem: str | None  # why it is missing
+    problem: str | None  # why it is missing, in detail
+    reason: str | None = None  # why it is missing, one of the MISSING_* kinds (for counting)
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ class ImageLocator:
                     "local-files": "not under the Local Storage root (use --local_files_root, --image_root, or --ls_url with --api_key)",
                     "cloud": "cloud storage files need --ls_url and --api_key",
                     "path": "no such file"}[key.kind]
-            return LocatedImage(None, downloaded=False, problem=hint)
+            return LocatedImage(None, downloaded=False, problem=hint, reason=MISSING_NOT_ON_DISK)
         return self._download(url, task_id)
 
     def _download(self, url: str, task_id: object) -> LocatedImage:
@@ -177,7 +183,7 @@ class ImageLocator:
         try:
             path = fetcher.fetch(url, task_id if isinstance(task_id, int) else None, credentials)
         except (ImageError, PermissionError, OSError) as exc:
-            return LocatedImage(None, downloaded=False, problem=str(exc))
+            return LocatedImage(None, downloaded=False, problem=str(exc), reason=MISSING_DOWNLOAD_FAILED)
         return LocatedImage(Path(path), downloaded=True, problem=None)
 
     def _image_fetcher(self):  # noqa: ANN202 - backend.images.ImageFetcher, imported lazily (it pulls requests and the SDK)
@@ -199,7 +205,8 @@ class PlacedImage:
     file_name: str  # the COCO file_name / name under images/
     path: Path | None  # the file, when it is there
     how: str  # copied | downloaded | in place | missing
-    problem: str | None = None
+    problem: str | None = None  # why it is missing, in detail
+    reason: str | None = None  # why it is missing, one of the MISSING_* kinds
 
 
 class ExportImages:
@@ -218,11 +225,11 @@ class ExportImages:
             return replace(placed, how="shared") if placed.path else placed
         key = image_key(url)
         if key is None:
-            return PlacedImage("", None, "missing", f"'{url[:200]}' is not an image URL or path")
+            return PlacedImage("", None, "missing", f"'{url[:200]}' is not an image URL or path", MISSING_NOT_AN_IMAGE_URL)
         file_name = self._unique_name(key.file_name, task_id)
         located = self._locator.locate(url, key, task_id)
         if located.path is None:
-            placed = PlacedImage(file_name, None, "missing", located.problem)
+            placed = PlacedImage(file_name, None, "missing", located.problem, located.reason)
         else:
             target = self._images_dir / file_name
             target.parent.mkdir(parents=True, exist_ok=True)

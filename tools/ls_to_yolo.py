@@ -1,14 +1,20 @@
 """Label Studio JSON export -> Ultralytics YOLO dataset (detection or segmentation).
 
     python -m tools.ls_to_yolo --json_file_path export.json --out_dir OUT [--task detect|segment] \\
-        [--val_fraction 0.2] [--seed 0] [--classes ...] [image options as convert_to_rle_mask_coco]
+        [--from_name CONTROL ...] [--val_fraction 0.2] [--seed 0] [--classes ...] [image options as convert_to_rle_mask_coco]
 
 Writes OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml (train with
 `yolo train data=OUT/data.yaml`). Detection labels are the boxes around every region (rotated
 rectangles, polygons and brush masks included); segmentation labels are polygons: Label Studio
 polygons as drawn, rectangles as their four corners, brush masks outlined with the backend's
-`mask_to_polygons` (one line per separate part). The split is a seeded shuffle of the images.
-Tasks whose image is missing are skipped (a YOLO dataset needs the pixels).
+`mask_to_polygons` (one line per separate part). An object drawn by several controls (a config
+with RectangleLabels, PolygonLabels and BrushLabels for the same labels) is labelled once, from
+the most precise kind for the task (see tools/region_choice.py); `--from_name` picks controls.
+The split is a seeded shuffle of the images. Tasks whose image is missing are skipped (a YOLO
+dataset needs the pixels).
+
+From Python: `write_yolo_dataset(tasks, out_dir, ...)` writes a dataset from task dicts (an
+export, or tasks read through the Label Studio API).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -24,12 +30,14 @@ import numpy as np
 import yaml
 
 from backend.geometry import mask_to_box, mask_to_polygons
+from backend.label_config import LabelConfigError
 from tools.convert_to_rle_mask_coco import (ConversionError, ConvertOptions, add_image_source_arguments, add_selection_arguments,
                                             fixed_classes, image_sources_from_args, run_and_report)
 from tools.coco import points_box
 from tools.ls_export import (BrushRegion, CategoryIndex, ConvertedTask, ExportError, PolygonRegion, Region, Summary,
-                             convert_tasks, iter_export_tasks, parse_class_list, Selection)
+                             convert_tasks, iter_export_tasks, label_config_classes, parse_class_list, Selection)
 from tools.ls_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir
+from tools.region_choice import RegionChooser
 from tools.staging import staged_output
 
 TASKS = ("detect", "segment")
@@ -42,6 +50,7 @@ class YoloOptions:
     val_fraction: float = 0.2
     seed: int = 0
     polygon_tolerance: float = 0.5  # pixels, for outlining brush masks
+    from_names: tuple[str, ...] = ()  # controls whose regions are used; empty: all, one kind per object
 
 
 def detection_line(region: Region, category_id: int, width: int, height: int) -> str | None:
@@ -70,14 +79,14 @@ def segment_lines(region: Region, category_id: int, width: int, height: int, tol
     return lines
 
 
-def label_lines(converted: ConvertedTask, task: str, tolerance: float) -> list[str]:
+def label_lines(regions: list[tuple[Region, int]], width: int, height: int, task: str, tolerance: float) -> list[str]:
     lines: list[str] = []
-    for region, category_id in converted.regions:
+    for region, category_id in regions:
         if task == "detect":
-            line = detection_line(region, category_id, converted.width, converted.height)
+            line = detection_line(region, category_id, width, height)
             lines.extend([line] if line else [])
         else:
-            lines.extend(segment_lines(region, category_id, converted.width, converted.height, tolerance))
+            lines.extend(segment_lines(region, category_id, width, height, tolerance))
     return lines
 
 
@@ -102,20 +111,21 @@ def write_yolo(converted_tasks: Iterable[ConvertedTask], options: YoloOptions, p
     """Label files for the converted tasks, then every image and label moved into its split;
     returns the names of the images written."""
     pending_labels = pending_images.parent / "labels"
+    chooser = RegionChooser(options.task, options.from_names)
     written: list[str] = []
     for converted in converted_tasks:
-        if converted.image.path is None:
-            summary.skip_task(converted.task_id, "missing image")
-            continue
         if converted.image.how == "shared":  # the same image in two tasks: labelled by the first one
             summary.skip_task(converted.task_id, "image already used by another task")
             continue
         label_path = pending_labels / PurePosixPath(converted.image.file_name).with_suffix(".txt")
         label_path.parent.mkdir(parents=True, exist_ok=True)
-        lines = label_lines(converted, options.task, options.polygon_tolerance)
+        regions = chooser.choose(converted.regions, summary)
+        lines = label_lines(regions, converted.width, converted.height, options.task, options.polygon_tolerance)
         label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         written.append(converted.image.file_name)
         summary.tasks_converted += 1
+    if problem := chooser.check_from_names():
+        raise ConversionError(problem)
     for name, split in split_names(written, options.val_fraction, options.seed).items():
         label_name = str(PurePosixPath(name).with_suffix(".txt"))
         for source, target in ((pending_images / name, publish / "images" / split / name),
@@ -125,16 +135,15 @@ def write_yolo(converted_tasks: Iterable[ConvertedTask], options: YoloOptions, p
     return written
 
 
-def export_yolo(options: YoloOptions) -> Summary:
-    """Run the export; raises ConversionError for user errors, leaving no partial output."""
-    base = options.convert
+def _check_options(options: YoloOptions) -> None:
     if options.task not in TASKS:
         raise ConversionError(f"--task must be one of {', '.join(TASKS)}")
     if not 0 <= options.val_fraction < 1:
         raise ConversionError("--val_fraction must be at least 0 and less than 1")
-    if not base.json_file_path.is_file():
-        raise ConversionError(f"the export '{base.json_file_path}' does not exist")
-    names, config_key = fixed_classes(base)
+
+
+def _write_dataset(tasks: Iterable[dict], options: YoloOptions, names: list[str], image_key: str | None) -> Summary:
+    base = options.convert
     sources = base.sources or ImageSources(default_ls_data_dir(), default_local_files_root())
     summary = Summary()
     try:
@@ -142,8 +151,7 @@ def export_yolo(options: YoloOptions) -> Summary:
             pending = staging.work / "pending" / "images"
             images = ExportImages(ImageLocator(sources, staging.work / "downloads"), pending)
             categories = CategoryIndex(names)
-            tasks = iter_export_tasks(base.json_file_path, base.progress)
-            converted = convert_tasks(tasks, base.selection, categories, images, base.image_key or config_key, summary)
+            converted = convert_tasks(tasks, base.selection, categories, images, image_key, summary)
             write_yolo(converted, options, pending, staging.publish, summary)
             summary.categories = categories.names
             (staging.publish / "data.yaml").write_text(data_yaml(base.out_dir, summary.categories), encoding="utf-8")
@@ -153,6 +161,45 @@ def export_yolo(options: YoloOptions) -> Summary:
     except OSError as exc:
         raise ConversionError(f"cannot write the dataset to '{base.out_dir}': {exc}") from None
     return summary
+
+
+def export_yolo(options: YoloOptions) -> Summary:
+    """Run the export; raises ConversionError for user errors, leaving no partial output."""
+    _check_options(options)
+    if not options.convert.json_file_path.is_file():
+        raise ConversionError(f"the export '{options.convert.json_file_path}' does not exist")
+    names, config_key = fixed_classes(options.convert)
+    tasks = iter_export_tasks(options.convert.json_file_path, options.convert.progress)
+    return _write_dataset(tasks, options, names, options.convert.image_key or config_key)
+
+
+def write_yolo_dataset(tasks: Iterable[dict], out_dir: Path, *, task: str = "segment", classes: Sequence[str] = (),
+                       label_config: str | None = None, from_names: Sequence[str] = (), use_predictions: bool = False,
+                       all_annotations: bool = False, image_key: str | None = None, sources: ImageSources | None = None,
+                       val_fraction: float = 0.2, seed: int = 0, polygon_tolerance: float = 0.5) -> Summary:
+    """Write a YOLO dataset (images/, labels/, data.yaml) into `out_dir` from Label Studio task dicts
+    (as exported, or as the API returns them with their annotations), streamed one at a time.
+
+    `classes` fixes the class ids (else the labels of `label_config`, the labeling config XML, else
+    the order labels are first seen); `sources` says where images are found or downloaded
+    (`ImageSources(ls_data_dir, ls_url=..., api_key=...)`; default: this machine's Label Studio
+    folders). Returns the Summary (its `report()` says what was used and left out); raises
+    ConversionError for bad options, a bad labeling config or an unwritable `out_dir`, leaving
+    nothing behind."""
+    names, config_key = list(classes), None
+    if label_config is not None:
+        try:
+            config_names, config_key = label_config_classes(label_config)
+        except LabelConfigError as exc:
+            raise ConversionError(f"labeling config: {exc}") from None
+        names = names or config_names
+    options = YoloOptions(ConvertOptions(Path(), Path(out_dir), classes=tuple(names),
+                                         selection=Selection(use_predictions, all_annotations),
+                                         image_key=image_key, sources=sources),
+                          task=task, val_fraction=val_fraction, seed=seed, polygon_tolerance=polygon_tolerance,
+                          from_names=tuple(from_names))
+    _check_options(options)
+    return _write_dataset(tasks, options, names, image_key or config_key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     parser.add_argument("--polygon_tolerance", type=float, default=0.5,
                         help="simplification of brush mask outlines, in pixels (default 0.5)")
+    parser.add_argument("--from_name", nargs="+", default=[], metavar="CONTROL",
+                        help="use only regions of these control tags (their name= in the labeling config). Default: "
+                             "every control, each object once, from the most precise kind for --task")
     add_selection_arguments(parser)
     add_image_source_arguments(parser)
     return parser
@@ -178,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         selection=Selection(use_predictions=args.predictions, all_annotations=args.all_annotations),
         image_key=args.image_key, sources=image_sources_from_args(args), progress=True)
     options = YoloOptions(base, task=args.task, val_fraction=args.val_fraction, seed=args.seed,
-                          polygon_tolerance=args.polygon_tolerance)
+                          polygon_tolerance=args.polygon_tolerance, from_names=tuple(args.from_name))
     return run_and_report(lambda: export_yolo(options), args.strict, ConversionError)
 
 
