@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -24,14 +23,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from backend import __version__
-from backend.images import ImageFetcher
 from backend.label_config import LabelConfig, LabelConfigError, parse_label_config
-from backend.label_studio import AccessTokens, Credentials, SetupStore
-from backend.metrics import Metrics
-from backend.models.cache import ModelCache, ModelPathError, resolve_model_path, select_device
+from backend.label_studio import Credentials
+from backend.models.cache import ModelPathError, resolve_model_path
 from backend.models.yolo import is_downloadable_asset
-from backend.predictor import BatchPredictor, PredictionConfigError, YoloModels, model_choice
+from backend.predictor import PredictionConfigError, model_choice
 from backend.regions import prediction
+from backend.services import Services, build_services
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,69 +43,11 @@ class BadRequest(Exception):
         self.status = status
 
 
-@dataclass
-class Services:
-    """Everything a request needs, built once per process."""
-
-    settings: Settings
-    device: str
-    models: ModelCache
-    yolo: YoloModels
-    fetcher: ImageFetcher
-    setup_store: SetupStore
-    predictor: BatchPredictor
-    metrics: Metrics
-    interactive: Any = None  # backend.interactive.InteractivePredictor when a SAM model is configured
-    started_at: float = field(default_factory=time.time)
-
-    def credentials(self, project: str | None) -> Credentials | None:
-        """Settings win; otherwise what /setup said (in any worker) for this project."""
-        saved = self.setup_store.load(project)
-        hostname = (self.settings.label_studio_url or saved.get("hostname") or "").rstrip("/")
-        token = self.settings.label_studio_api_key or saved.get("access_token") or ""
-        return Credentials(hostname, token) if hostname or token else None
-
-    def model_version(self) -> str:
-        if self.settings.model_version:
-            return self.settings.model_version
-        parts = [f"yolo:{_stem(self.settings.yolo_det_model)},{_stem(self.settings.yolo_seg_model)}"]
-        if self.settings.model_name:
-            parts.append(f"{self.settings.model_name}:{self.settings.sam_config}")
-        return ";".join(parts)
-
-
-def _stem(path: str) -> str:
-    return path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-
-
-def build_services(settings: Settings) -> Services:
-    device = select_device(settings.device)
-    cache = ModelCache()
-    tokens = AccessTokens(timeout=settings.download_timeout)
-    fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root,
-                           settings.download_timeout, settings.max_image_pixels, tokens,
-                           settings.max_download_bytes)
-    yolo = YoloModels(settings, cache, device)
-    metrics = Metrics()
-    interactive = None
-    box_segmenter = on_image = None
-    if settings.model_name:
-        from backend.interactive import build_interactive
-
-        interactive = build_interactive(settings, cache, device, metrics, fetcher)
-        if settings.yolo_sam:
-            box_segmenter = interactive.masks_for_boxes
-        if settings.sam_prefetch:
-            on_image = interactive.prefetch
-    predictor = BatchPredictor(settings, yolo, fetcher, box_segmenter=box_segmenter, on_image=on_image)
-    return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup"), predictor,
-                    metrics, interactive)
-
-
 # ---------------------------------------------------------------- request parsing
 
 
 async def read_json(request: Request, max_bytes: int) -> dict:
+    """The body as a JSON object; its `project` is kept on the request for the log of a 4xx."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise BadRequest(f"request body is larger than MAX_REQUEST_BYTES={max_bytes}", 413)
@@ -128,7 +68,14 @@ async def read_json(request: Request, max_bytes: int) -> dict:
         raise BadRequest(f"request body must be a JSON object, not {type(payload).__name__}")
     if _depth(payload) > MAX_JSON_DEPTH:
         raise BadRequest(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    request.state.project = _project_for_log(payload.get("project"))
     return payload
+
+
+def _project_for_log(project: Any) -> str | None:
+    if isinstance(project, dict):  # webhooks send the serialized project
+        project = project.get("id")
+    return str(project)[:40] if isinstance(project, (str, int)) and not isinstance(project, bool) else None
 
 
 def _reject_constant(name: str) -> Any:
@@ -176,7 +123,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         # Built on a first request instead, loading SAM would block this worker's event loop, and with it
         # every other request (Label Studio's health check too), for as long as a large checkpoint takes.
-        await anyio.to_thread.run_sync(get_services)
+        services = await anyio.to_thread.run_sync(get_services)
+        services.start_loading_default_models()
         yield
 
     app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None,
@@ -206,7 +154,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             try:
                 response = await call_next(request)
             except BadRequest as exc:
-                response = JSONResponse({"error": str(exc)}, status_code=exc.status)
+                response = _refusal(request, exc)
             except Exception:  # never a stack trace to the client
                 logger.exception("unhandled error on %s %s", request.method, request.url.path)
                 response = JSONResponse({"error": "internal error; see the backend log"}, status_code=500)
@@ -220,8 +168,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return response
 
     @app.exception_handler(BadRequest)
-    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return _refusal(request, exc)
 
     @app.get("/")
     @app.get("/health")
@@ -233,6 +181,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             "model_version": services.model_version(),
             "device": services.device,
             "models_loaded": sorted(str(key[1]) for key in services.models.loaded()),
+            "models_failed": dict(services.model_errors),
             "sam": services.settings.model_name or None,
             "uptime_seconds": round(time.time() - services.started_at, 1),
         }
@@ -247,7 +196,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         config = _label_config(payload, "schema", {})
         _check_model_paths(services, config)
         services.setup_store.save(project, hostname.rstrip("/"), access_token, payload.get("schema"))
-        return {"model_version": services.model_version()}
+        services.report_config_in_background(config)  # loads the models: Label Studio should not wait on it
+        return {"model_version": services.model_version(config)}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
@@ -265,15 +215,17 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             raise BadRequest("'params' must be an object")
         context = params.get("context")
         credentials = services.credentials(project)
+        version = services.model_version(config)
         if context:
             if not isinstance(context, dict) or not isinstance(context.get("result", []), list):
                 raise BadRequest("'params.context' must be an object with a 'result' list")
             if not all(isinstance(task, dict) and isinstance(task.get("data") or {}, dict) for task in tasks):
                 raise BadRequest("an interactive request's task must be an object whose 'data' is an object")
-            return {"results": await run_in_threadpool(_interactive, services, tasks, config, context, credentials)}
+            return {"results": await run_in_threadpool(_interactive, services, tasks, config, context, credentials,
+                                                       version)}
         try:
-            results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials,
-                                              services.model_version())
+            await run_in_threadpool(services.report_config, config)
+            results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials, version)
         except (ModelPathError, PredictionConfigError) as exc:
             raise BadRequest(str(exc)) from None
         return {"results": results}
@@ -288,7 +240,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.get("/versions")
     async def versions() -> dict:
         services = get_services()
-        return {"versions": [services.model_version()], "model_dir": str(settings.model_root_path)}
+        return {"versions": await run_in_threadpool(_versions, services), "model_dir": str(settings.model_root_path)}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -329,9 +281,27 @@ def _check_model_paths(services: Services, config: LabelConfig) -> None:
             raise BadRequest(f"{choice.setting}: model file '{choice.path_value}' not found in MODEL_ROOT ({services.settings.model_root_path})")
 
 
+def _refusal(request: Request, exc: BadRequest) -> JSONResponse:
+    project = getattr(request.state, "project", None)
+    logger.warning("%s %s%s answered %d: %s", request.method, request.url.path,
+                   f" (project {project})" if project else "", exc.status, exc)
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+def _versions(services: Services) -> list[str]:
+    """The default models' version, then the version of each labeling config /setup told about."""
+    versions = [services.model_version()]
+    for _, xml in services.setup_store.saved_configs():
+        try:
+            versions.append(services.model_version(parse_label_config(xml)))
+        except LabelConfigError:
+            continue
+    return list(dict.fromkeys(versions))
+
+
 def _interactive(services: Services, tasks: list, config: LabelConfig, context: dict,
-                 credentials: Credentials | None) -> list[dict]:
+                 credentials: Credentials | None, version: str) -> list[dict]:
     if services.interactive is None:
         logger.warning("interactive request ignored: no SAM model is configured (set MODEL_NAME=sam and SAM_CHECKPOINT_FILE)")
-        return [prediction([], services.model_version()) for _ in tasks]
-    return services.interactive.predict(tasks, config, context, credentials, services.model_version())
+        return [prediction([], version) for _ in tasks]
+    return services.interactive.predict(tasks, config, context, credentials, version)

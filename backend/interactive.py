@@ -96,8 +96,10 @@ class RecentImages:
 
 
 class InteractivePredictor:
-    def __init__(self, segmenter: SamSegmenter, settings: Settings, fetcher: ImageFetcher, description: str) -> None:
+    def __init__(self, segmenter: SamSegmenter, settings: Settings, fetcher: ImageFetcher, description: str,
+                 checkpoint: Path | None = None) -> None:
         self.segmenter = segmenter
+        self.checkpoint = checkpoint  # names the SAM model in model versions
         self._settings = settings
         self._images = RecentImages(fetcher)
         self._tags = output_tags(settings)
@@ -185,4 +187,4 @@ def build_interactive(settings: Settings, cache: ModelCache, device: str, metric
     description = (f"SAM {settings.model_name}:{settings.sam_config} from {checkpoint} on {device} "
                    f"(embeddings: {settings.sam_cache_size} in memory, disk cache "
                    f"{settings.sam_disk_cache_dir or 'off'}; answers: {', '.join(output_tags(settings)) or 'none'})")
-    return InteractivePredictor(segmenter, settings, fetcher, description)
+    return InteractivePredictor(segmenter, settings, fetcher, description, checkpoint)

@@ -48,6 +48,13 @@ class Control:
 @dataclass(frozen=True)
 class LabelConfig:
     controls: tuple[Control, ...]
+    # Control tags on an Image that this backend leaves alone, as `<Tag name="...">` (unknown tags say so).
+    unanswered: tuple[str, ...] = ()
+
+    @property
+    def has_prompts(self) -> bool:
+        """Whether the config has smart tags, i.e. wants interactive (SAM) answers."""
+        return any(c.smart and c.tag in PROMPT_TAGS for c in self.controls)
 
     @property
     def prediction_controls(self) -> tuple[Control, ...]:
@@ -74,11 +81,14 @@ def parse_label_config(xml: str) -> LabelConfig:
         raise LabelConfigError(f"the labeling config is not valid XML for Label Studio: {exc}") from None
     images = {obj.name: obj for obj in interface.objects if obj.tag == "Image"}
     controls = []
+    unanswered = []
     for tag in interface.controls:
-        if tag.tag not in PREDICTION_TAGS + PROMPT_TAGS:
-            continue
         to_names = [name for name in (tag.to_name or []) if name in images]
         if not to_names:
+            continue
+        if tag.tag not in PREDICTION_TAGS + PROMPT_TAGS:
+            known = type(tag).__name__ != "ControlTag"  # the SDK's generic class: a tag Label Studio does not know
+            unanswered.append(f"<{tag.tag} name=\"{tag.name}\">" + ("" if known else " (not a Label Studio tag)"))
             continue
         image_value = images[to_names[0]].value or ""
         controls.append(Control(
@@ -93,7 +103,7 @@ def parse_label_config(xml: str) -> LabelConfig:
             skip=str(tag.attr.get("model_skip", "false")).lower() in {"true", "1", "yes"},
             smart=str(tag.attr.get("smart", "false")).lower() in {"true", "1", "yes"},
         ))
-    return LabelConfig(tuple(controls))
+    return LabelConfig(tuple(controls), tuple(unanswered))
 
 
 def _class_to_label(tag) -> tuple[tuple[str, str], ...]:

@@ -28,21 +28,37 @@ class Credentials:
 
 
 class SetupStore:
-    """Per-project `hostname`, `access_token` and labeling config from /setup, in files every worker reads."""
+    """Per-project `hostname`, `access_token` and labeling config from /setup, in files every worker reads.
+
+    Label Studio names a project "<id>.<creation timestamp>" in /setup and /predict, so two Label Studio
+    instances (or a test server and a real one) using the same CACHE_DIR do not read each other's state.
+    Files are readable by their owner only: they hold tokens.
+    """
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
 
     def save(self, project: str | None, hostname: str, access_token: str, label_config: str | None) -> None:
+        key = _project_key(project)
+        if key is None:
+            logger.warning("/setup without a project: its hostname, token and labeling config are not kept")
+            return
         self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        record = {"hostname": hostname, "access_token": access_token, "label_config": label_config, "saved_at": time.time()}
-        for name in {_project_key(project), "latest"}:
-            _write_private_json(self._directory / f"{name}.json", record)
+        os.chmod(self._directory, 0o700)
+        record = {"project": str(project), "hostname": hostname, "access_token": access_token,
+                  "label_config": label_config, "saved_at": time.time()}
+        _write_private_json(self._directory / f"{key}.json", record)
 
     def load(self, project: str | None) -> dict:
-        """What /setup said for this project, else for the latest project set up; {} when nothing."""
-        for name in (_project_key(project), "latest"):
-            path = self._directory / f"{name}.json"
+        """What /setup said for this project ("<id>.<timestamp>"; a bare id finds its latest); {} when nothing."""
+        key = _project_key(project)
+        if key is None:
+            return {}
+        if "." in str(project):
+            candidates = [self._directory / f"{key}.json"]
+        else:
+            candidates = sorted(self._directory.glob(f"{key}.*.json"), key=_mtime, reverse=True)
+        for path in candidates:
             try:
                 return json.loads(path.read_text())
             except FileNotFoundError:
@@ -51,11 +67,32 @@ class SetupStore:
                 logger.warning("ignoring unreadable setup state %s: %s", path, exc)
         return {}
 
+    def saved_configs(self) -> list[tuple[str, str]]:
+        """(project, labeling config) of every project /setup told about."""
+        configs = []
+        for path in sorted(self._directory.glob("project-*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record.get("label_config"), str):
+                configs.append((str(record.get("project")), record["label_config"]))
+        return configs
 
-def _project_key(project: str | None) -> str:
-    # Label Studio sends "<project id>.<timestamp>"; the id is stable across re-connects.
-    head = str(project or "").split(".", 1)[0]
-    return f"project-{head}" if head.isdigit() else "latest"
+
+def _project_key(project: str | None) -> str | None:
+    """`project-<id>.<timestamp>` for Label Studio's project string, `project-<id>` for a bare id."""
+    head, dot, stamp = str(project or "").partition(".")
+    if not head.isdigit() or (dot and not stamp.isdigit()):
+        return None
+    return f"project-{head}.{stamp}" if dot else f"project-{head}"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _write_private_json(path: Path, record: dict) -> None:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
 from backend.models.yolo import Detections, YoloModel
 from backend.regions import mask_regions, prediction, rectangle_region
 from backend.settings import Settings
+from backend.versions import file_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,14 @@ class YoloModels:
         self._cache = cache
         self._device = device
 
+    def path(self, choice: ModelChoice) -> Path:
+        return resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting)
+
     def get(self, choice: ModelChoice) -> YoloModel:
-        path = resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting)
-        key = ("yolo", str(path), self._device, self._settings.half, self._settings.yolo_imgsz)
+        path = self.path(choice)
+        # A file replaced under the same name (a retrained model) is loaded again, and the old one dropped.
+        key = ("yolo", str(path), file_fingerprint(path), self._device, self._settings.half, self._settings.yolo_imgsz)
+        self._cache.discard(lambda other: other[:2] == key[:2] and other != key)
         return self._cache.get(key, lambda: YoloModel(path, choice.setting, self._device, self._settings.half,
                                                       self._settings.yolo_imgsz))
 
@@ -84,6 +91,17 @@ class BatchPredictor:
                     "detection model: use a segmentation model (e.g. yolov8n-seg.pt) or enable YOLO_SAM with a SAM model")
             plan.setdefault(model, []).append(control)
         return plan
+
+    def model_files(self, config: LabelConfig) -> list[Path]:
+        """The model file each prediction control resolves to, in config order (nothing is loaded)."""
+        files = []
+        for control in config.prediction_controls:
+            choice = model_choice(control, self._settings)
+            try:
+                files.append(self._models.path(choice))
+            except ModelPathError:  # refused paths never predict; /predict answers them with a 4xx
+                continue
+        return files
 
     def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
                 model_version: str) -> list[dict]:

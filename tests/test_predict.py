@@ -51,8 +51,10 @@ def test_predicted_values_map_several_classes_to_one_label(client: TestClient) -
 
 
 def test_every_region_and_prediction_carries_score_and_version(client: TestClient) -> None:
-    results = predict(client, rect_config('<Label value="circle"/><Label value="square"/><Label value="triangle"/>'), shapes())
-    version = client.get("/health").json()["model_version"]
+    config = rect_config('<Label value="circle"/><Label value="square"/><Label value="triangle"/>')
+    results = predict(client, config, shapes())
+    version = client.post("/setup", json={"project": "1.1700000000", "schema": config}).json()["model_version"]
+    assert version.startswith("demo-shapes-det@")
     for result in results:
         assert result["model_version"] == version
         scores = [region["score"] for region in result["result"]]

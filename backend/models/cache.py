@@ -79,6 +79,13 @@ class ModelCache:
                 logger.info("loaded %s in %.2f s", key, self._load_seconds[key])
             return self._models[key]
 
+    def discard(self, stale: Callable[[tuple], bool]) -> None:
+        """Forget the loaded models whose key `stale` accepts (they are freed once no request holds them)."""
+        with self._guard:
+            for key in [key for key in list(self._models) if stale(key)]:
+                self._models.pop(key, None)
+                self._load_seconds.pop(key, None)
+
     def loaded(self) -> dict[tuple, float]:
         """Keys of loaded models with their load time in seconds."""
         return dict(self._load_seconds)
