@@ -39,7 +39,7 @@ class Settings:
     batch_size: int = _setting(8, "Images per YOLO forward pass in a multi-task /predict.")
     device: str = _setting("auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
     half: bool = _setting(False, "Half precision on CUDA.")
-    model_version: str = _setting("", "Version string reported to Label Studio; empty derives it from the model files.")
+    model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
     # SAM (keys of OpenMMLab label_anything's command line)
     model_name: str = _setting("", "`sam`, `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
     sam_config: str = _setting("vit_b", "SAM architecture: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM) or `demo` (tiny demo SAM).")
