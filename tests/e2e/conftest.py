@@ -119,7 +119,8 @@ class Backend:
 
     def setup_record(self, project_id: int) -> dict:
         """What the last /setup for this project told the backend (hostname, access_token, config)."""
-        return json.loads((self.cache_dir / "setup" / f"project-{project_id}.json").read_text())
+        (path,) = (self.cache_dir / "setup").glob(f"project-{project_id}.*.json")  # "<id>.<created>"
+        return json.loads(path.read_text())
 
     def predict(self, body: dict) -> dict:
         response = requests.post(f"{self.url}/predict", json=body, timeout=300)
