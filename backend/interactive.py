@@ -22,7 +22,8 @@ from backend.label_config import LabelConfig
 from backend.label_studio import Credentials
 from backend.metrics import Metrics
 from backend.models.cache import ModelCache
-from backend.models.sam import SamSegmenter, checkpoint_fingerprint, load_sam, resolve_checkpoint
+from backend.models.sam import SamSegmenter, checkpoint_fingerprint, load_sam
+from backend.models.sam_checkpoints import resolve_checkpoint
 from backend.models.sam_embeddings import DiskEmbeddings, MemoryEmbeddings, image_key
 from backend.prompts import PromptRegions, SamPrompt, read_prompt
 from backend.regions import mask_regions, prediction
@@ -167,7 +168,8 @@ def _disk_cache(settings: Settings, checkpoint: Path) -> DiskEmbeddings | None:
         return None
     fingerprint = f"{EMBEDDING_FORMAT}-{settings.model_name}-{settings.sam_config}-{checkpoint_fingerprint(checkpoint)}"
     try:
-        return DiskEmbeddings(Path(settings.sam_disk_cache_dir).expanduser(), fingerprint)
+        return DiskEmbeddings(Path(settings.sam_disk_cache_dir).expanduser(), fingerprint,
+                              max_bytes=int(settings.sam_disk_cache_max_gb * 1e9))
     except OSError as exc:
         raise SettingsError(f"SAM_DISK_CACHE_DIR (sam_disk_cache_dir)='{settings.sam_disk_cache_dir}' cannot be "
                             f"used: {exc}") from None
@@ -184,7 +186,7 @@ def build_interactive(settings: Settings, cache: ModelCache, device: str, metric
                             on_lookup=lambda result: metrics.embedding_cache.labels(result).inc())
 
     segmenter = cache.get(("sam", str(checkpoint), settings.model_name, settings.sam_config, device), load)
-    description = (f"SAM {settings.model_name}:{settings.sam_config} from {checkpoint} on {device} "
+    description = (f"SAM {segmenter.model.name.rsplit(':', 1)[0]} from {checkpoint} on {device} "
                    f"(embeddings: {settings.sam_cache_size} in memory, disk cache "
                    f"{settings.sam_disk_cache_dir or 'off'}; answers: {', '.join(output_tags(settings)) or 'none'})")
     return InteractivePredictor(segmenter, settings, fetcher, description, checkpoint)

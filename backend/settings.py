@@ -42,13 +42,14 @@ class Settings:
     model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
     # SAM (keys of OpenMMLab label_anything's command line)
     model_name: str = _setting("", "`sam`, `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
-    sam_config: str = _setting("vit_b", "SAM architecture: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM) or `demo` (tiny demo SAM).")
+    sam_config: str = _setting("", "SAM size: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `vit_tiny` (light SAM-HQ) or `demo` (tiny demo SAM); empty reads it from the checkpoint.")
     sam_checkpoint_file: str = _setting("", "SAM checkpoint path (absolute, or relative to the working directory, then to MODEL_ROOT).")
     out_mask: bool = _setting(True, "Interactive answers include BrushLabels masks.")
     out_bbox: bool = _setting(False, "Interactive answers include the mask's RectangleLabels box.")
     out_poly: bool = _setting(False, "Interactive answers include PolygonLabels outlines.")
     sam_cache_size: int = _setting(16, "Image embeddings kept in memory (LRU).")
     sam_disk_cache_dir: str = _setting("", "Directory for fp16 embeddings that survive restarts and are shared by workers; empty disables.")
+    sam_disk_cache_max_gb: float = _setting(10.0, "Size limit of SAM_DISK_CACHE_DIR in GB (10^9 bytes); the least recently used embeddings go first. 0: no limit.")
     sam_prefetch: bool = _setting(False, "Compute SAM embeddings in the background when tasks are predicted, so the first click is fast.")
     # Label Studio and task data
     label_studio_url: str = _setting("", "Label Studio URL for `/data/upload/...` images; empty uses the `hostname` sent in /setup.")
@@ -94,6 +95,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be at least 1")
         if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:
             raise SettingsError("SAM_CACHE_SIZE, DOWNLOAD_TIMEOUT and POLYGON_TOLERANCE must not be negative")
+        if self.sam_disk_cache_max_gb < 0:
+            raise SettingsError("SAM_DISK_CACHE_MAX_GB must not be negative (0: no limit)")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.device != "auto" and not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from segment_anything import SamPredictor, sam_model_registry
 
 from backend.geometry import mask_iou
 from backend.metrics import Metrics
-from backend.models.sam import SamLoadError, SamModel, SamSegmenter, load_sam, load_sam_network, resolve_checkpoint
+from backend.models.sam import SamModel, SamSegmenter, load_sam
 from backend.models.sam_embeddings import DiskEmbeddings, MemoryEmbeddings, image_key
 from tests.conftest import MODELS_DIR, ultralytics_asset
 from tools.shapes_dataset import generate_image
@@ -196,72 +195,6 @@ def test_an_unreadable_disk_entry_is_recomputed(demo_model: SamModel, bus: np.nd
     sam.embedding(bus)
     assert sam.encoder_calls == 1
     assert segmenter(demo_model, DiskEmbeddings(tmp_path, "model")).embedding(bus).features.shape[0] == 1
-
-
-# ---------------------------------------------------------------- loading errors
-
-
-def test_checkpoint_is_looked_up_in_the_working_directory_then_model_root(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert resolve_checkpoint("demo-tiny-sam.pt", MODELS_DIR) == DEMO_SAM.resolve()
-    (tmp_path / "demo-tiny-sam.pt").write_bytes(b"x")
-    assert resolve_checkpoint("./demo-tiny-sam.pt", MODELS_DIR) == (tmp_path / "demo-tiny-sam.pt").resolve()
-    assert resolve_checkpoint(str(DEMO_SAM), tmp_path) == DEMO_SAM.resolve()
-
-
-@pytest.mark.parametrize("value, message", [
-    ("", "SAM_CHECKPOINT_FILE (sam_checkpoint_file) is empty"),
-    ("./sam_vit_b_01ec64.pth", "SAM_CHECKPOINT_FILE (sam_checkpoint_file)='./sam_vit_b_01ec64.pth' not found"),
-])
-def test_missing_checkpoint_names_the_setting(value: str, message: str) -> None:
-    with pytest.raises(SamLoadError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        resolve_checkpoint(value, MODELS_DIR)
-
-
-def test_wrong_checkpoints_name_the_setting(tmp_path: Path) -> None:
-    text_file = tmp_path / "notes.pth"
-    text_file.write_text("not a checkpoint")
-    with pytest.raises(SamLoadError, match=r"sam_checkpoint_file\)='.*notes.pth' is not a PyTorch weights file"):
-        load_sam_network("sam", "vit_b", text_file)
-    with pytest.raises(SamLoadError, match=r"sam_checkpoint_file\)=.*is not a PyTorch weights file"):
-        load_sam_network("sam", "vit_b", MODELS_DIR / "demo-shapes-det.pt")  # a YOLO pickle, refused unread
-    with pytest.raises(SamLoadError, match="is not a demo SAM checkpoint"):
-        torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
-        load_sam_network("sam", "demo", tmp_path / "plain.pt")
-    with pytest.raises(SamLoadError, match=r"does not fit MODEL_NAME=sam SAM_CONFIG=vit_b: .*Missing key"):
-        torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}, tmp_path / "partial.pth")
-        load_sam_network("sam", "vit_b", tmp_path / "partial.pth")
-
-
-@pytest.mark.parametrize("config, width, message", [
-    ("vit_h", 768, "SAM_CONFIG=vit_h: its image encoder is 768 wide, vit_h's is 1280; it looks like a vit_b checkpoint"),
-    ("vit_b", 96, "SAM_CONFIG=vit_b: its image encoder is 96 wide, vit_b's is 768$"),
-])
-def test_a_checkpoint_of_another_size_is_refused_before_building(tmp_path: Path, config: str, width: int,
-                                                                 message: str) -> None:
-    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(width, 3, 16, 16)}, tmp_path / "other.pth")
-    with pytest.raises(SamLoadError, match=message):
-        load_sam_network("sam", config, tmp_path / "other.pth")
-
-
-def test_optional_families_without_their_package_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "mobile_sam", None)  # makes `import mobile_sam` fail
-    monkeypatch.setitem(sys.modules, "segment_anything_hq", None)
-    with pytest.raises(SamLoadError, match="MODEL_NAME \\(model_name\\)=mobile_sam needs the optional 'mobile_sam'"):
-        load_sam_network("mobile_sam", "vit_t", DEMO_SAM)
-    with pytest.raises(SamLoadError, match="optional 'segment_anything_hq' package.*pip install segment-anything-hq"):
-        load_sam_network("sam_hq", "vit_b", DEMO_SAM)
-
-
-@pytest.mark.parametrize("model_name, config, message", [
-    ("sam", "vit_t", "'vit_t' is not a sam architecture.*belongs to MODEL_NAME=mobile_sam"),
-    ("mobile_sam", "vit_b", "'vit_b' is not a mobile_sam architecture.*belongs to MODEL_NAME=sam"),
-    ("sam", "vit_x", "SAM_CONFIG \\(sam_config\\)='vit_x' is not a sam architecture"),
-])
-def test_architecture_must_belong_to_the_model_name(model_name: str, config: str, message: str) -> None:
-    with pytest.raises(SamLoadError, match=message):
-        load_sam_network(model_name, config, DEMO_SAM)
 
 
 def test_sam_hq_answers_like_its_own_predictor(bus: np.ndarray) -> None:

@@ -22,30 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.models.cache import ModelPathError
+from backend.models.sam_checkpoints import (CHECKPOINT_SETTING, DEMO_CONFIG, CheckpointKind, SamLoadError,
+                                            choose_kind, mismatch_summary, read_checkpoint)
 from backend.models.sam_embeddings import DiskEmbeddings, ImageEmbedding, MemoryEmbeddings, image_key
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_SETTING = "SAM_CHECKPOINT_FILE (sam_checkpoint_file)"
-DEMO_CONFIG = "demo"
 # The Python package that holds each model family's `sam_model_registry`, and how to install it.
 FAMILIES: dict[str, tuple[str, str]] = {
     "sam": ("segment_anything", "pip install segment-anything"),
-    "mobile_sam": ("mobile_sam", "pip install git+https://github.com/ChaoningZhang/MobileSAM.git"),
     "sam_hq": ("segment_anything_hq", "pip install segment-anything-hq timm"),
 }
-CONFIGS: dict[str, tuple[str, ...]] = {
-    "sam": ("vit_b", "vit_l", "vit_h", DEMO_CONFIG),
-    "mobile_sam": ("vit_t",),
-    "sam_hq": ("vit_b", "vit_l", "vit_h", "vit_tiny"),
-}
-ENCODER_WIDTHS = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}  # ViT embedding width of each SAM size
 BOX_BATCH = 16  # box prompts decoded together; bounds the full-resolution float masks held at once
-
-
-class SamLoadError(ModelPathError):
-    """The SAM model cannot be loaded; the message names the setting to change."""
 
 
 @dataclass(frozen=True)
@@ -112,32 +100,6 @@ class SamArchitecture:
 # ---------------------------------------------------------------- loading
 
 
-def resolve_checkpoint(value: str, model_root: Path) -> Path:
-    """SAM_CHECKPOINT_FILE as given: absolute, else relative to the working directory, then to MODEL_ROOT.
-
-    Unlike label-config `model_path` values, this comes from the operator, so any path is allowed.
-    """
-    if not value:
-        raise SamLoadError(f"{CHECKPOINT_SETTING} is empty: set it to a SAM checkpoint, e.g. ./sam_vit_b_01ec64.pth")
-    path = Path(value).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, model_root / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    looked = " and ".join(str(c) for c in candidates)
-    raise SamLoadError(f"{CHECKPOINT_SETTING}='{value}' not found (looked at {looked})")
-
-
-def check_choice(model_name: str, config: str) -> None:
-    if model_name not in CONFIGS:
-        raise SamLoadError(f"MODEL_NAME (model_name) must be one of {', '.join(CONFIGS)}, not '{model_name}'")
-    if config not in CONFIGS[model_name]:
-        owner = next((name for name, configs in CONFIGS.items() if config in configs), None)
-        hint = f"; '{config}' belongs to MODEL_NAME={owner}" if owner else ""
-        raise SamLoadError(f"SAM_CONFIG (sam_config)='{config}' is not a {model_name} architecture: use one of "
-                           f"{', '.join(CONFIGS[model_name])}{hint}")
-
-
 def _registry(model_name: str) -> dict[str, Callable[..., torch.nn.Module]]:
     package, install = FAMILIES[model_name]
     try:
@@ -147,55 +109,45 @@ def _registry(model_name: str) -> dict[str, Callable[..., torch.nn.Module]]:
                            f"cannot be imported ({exc}): {install}") from None
 
 
-def _read_checkpoint(path: Path) -> dict:
-    try:
-        # weights_only: a checkpoint is data, and must not be able to run code when it is read.
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, pickle and torch errors of many types
-        raise SamLoadError(f"{CHECKPOINT_SETTING}='{path}' is not a PyTorch weights file: "
-                           f"{type(exc).__name__}: {str(exc)[:200]}") from None
-    if not isinstance(content, dict):
-        raise SamLoadError(f"{CHECKPOINT_SETTING}='{path}' holds a {type(content).__name__}, not a state dict")
-    return content
+def mobile_sam_network() -> torch.nn.Module:
+    """MobileSAM as upstream builds it: segment-anything's `Sam` around a TinyViT image encoder (Ultralytics' copy,
+    whose weight names are upstream's, so `mobile_sam.pt` loads without the GitHub-only `mobile_sam` package)."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from ultralytics.models.sam.modules.tiny_encoder import TinyViT
+
+    encoder = TinyViT(img_size=1024, in_chans=3, num_classes=1000, embed_dims=[64, 128, 160, 320],
+                      depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0,
+                      drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0,
+                      local_conv_size=3, layer_lr_decay=0.8)
+    return Sam(image_encoder=encoder,
+               prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                            mask_in_chans=16),
+               mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+                   depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
+                   iou_head_hidden_dim=256),
+               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
 
 
-def _check_encoder_width(state_dict: dict, model_name: str, config: str, checkpoint: Path) -> None:
-    """Catch the usual mistake (a vit_h file with SAM_CONFIG=vit_b) before building a large network."""
-    weight = state_dict.get("image_encoder.patch_embed.proj.weight")
-    expected = ENCODER_WIDTHS.get(config)
-    if expected is None or not isinstance(weight, torch.Tensor) or int(weight.shape[0]) == expected:
-        return
-    width = int(weight.shape[0])
-    looks_like = next((name for name, value in ENCODER_WIDTHS.items() if value == width), None)
-    hint = f"; it looks like a {looks_like} checkpoint" if looks_like else ""
-    raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}' does not fit MODEL_NAME={model_name} SAM_CONFIG={config}: "
-                       f"its image encoder is {width} wide, {config}'s is {expected}{hint}")
-
-
-def load_sam_network(model_name: str, config: str, checkpoint: Path) -> torch.nn.Module:
-    """Build the network for (MODEL_NAME, SAM_CONFIG) and load the checkpoint's weights into it."""
-    check_choice(model_name, config)
-    content = _read_checkpoint(checkpoint)
-    if config == DEMO_CONFIG:
-        if "sam_architecture" not in content or "state_dict" not in content:
-            raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}' is not a demo SAM checkpoint (SAM_CONFIG=demo "
-                               "expects the file written by tools/make_demo_models.py, e.g. models/demo-tiny-sam.pt)")
+def load_sam_network(model_name: str, config: str, checkpoint: Path) -> tuple[torch.nn.Module, CheckpointKind]:
+    """Build the network of (MODEL_NAME, SAM_CONFIG; an empty SAM_CONFIG: the checkpoint's own) and load its weights."""
+    content = read_checkpoint(checkpoint)
+    kind = choose_kind(model_name, config, checkpoint, content)
+    if kind.config == DEMO_CONFIG:
         try:
             network = SamArchitecture.from_dict(content["sam_architecture"]).build()
         except (TypeError, ValueError) as exc:
-            raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}': bad demo architecture: {exc}") from None
+            raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}' has a bad demo SAM architecture: {exc}") from None
         state_dict = content["state_dict"]
+    elif kind.model_name == "mobile_sam":
+        network, state_dict = mobile_sam_network(), content
     else:
-        _check_encoder_width(content, model_name, config, checkpoint)
-        network = _registry(model_name)[config](checkpoint=None)
-        state_dict = content
+        network, state_dict = _registry(kind.model_name)[kind.config](checkpoint=None), content
     try:
         network.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        first_lines = "; ".join(str(exc).splitlines()[:3])[:400]
-        raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}' does not fit MODEL_NAME={model_name} "
-                           f"SAM_CONFIG={config}: {first_lines}") from None
-    return network.eval()
+    except RuntimeError:
+        raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}' does not fit {kind.model_name} {kind.config}: "
+                           f"{mismatch_summary(network, state_dict)}") from None
+    return network.eval(), kind
 
 
 def checkpoint_fingerprint(path: Path, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
@@ -288,8 +240,9 @@ class SamModel:
 
 
 def load_sam(model_name: str, config: str, checkpoint: Path, device: str) -> SamModel:
-    network = load_sam_network(model_name, config, checkpoint)
-    return SamModel(network, device, f"{model_name}:{config}:{checkpoint.name}")
+    """The model of (MODEL_NAME, SAM_CONFIG) with the checkpoint's weights, on `device`."""
+    network, kind = load_sam_network(model_name, config, checkpoint)
+    return SamModel(network, device, f"{kind.model_name}:{kind.config}:{checkpoint.name}")
 
 
 # ---------------------------------------------------------------- cached embeddings
