@@ -20,10 +20,13 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import socket  # noqa: E402
 
 from backend.settings import Settings, SettingsError  # noqa: E402
+from backend.wrapper_watch import watch_wrapper  # noqa: E402
 
 logger = logging.getLogger("backend")
 
@@ -98,6 +101,63 @@ def check_models(settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def run_server(app, settings: Settings, sock: socket.socket, description: str) -> int:  # noqa: ANN001 - ASGI app
+    """uvicorn on the socket bound beforehand; "serving on" is logged once it accepts requests."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:
+                logger.info("serving on %s", description)
+
+    server = AnnouncingServer(uvicorn.Config(app, log_level=settings.log_level.lower(), timeout_keep_alive=75))
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; raises OSError with a message saying what to do."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host} cannot be used: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restarts need no TIME_WAIT pause
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(f"port {port} on {host} is already in use (another backend still running?): "
+                          f"stop it or choose another --port") from None
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.app import build_services, create_app
+    from backend.models.cache import ModelPathError
+
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with sock:
+        try:
+            services = build_services(settings)
+        except (ModelPathError, SettingsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        description = (f"http://{args.host}:{args.port} (device {services.device}, "
+                       f"models from {settings.model_root_path})")
+        return run_server(create_app(settings, services), settings, sock, description)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -106,23 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    if args.check:
-        return check_models(settings)
-    import uvicorn
-
-    from backend.app import build_services, create_app
-    from backend.models.cache import ModelPathError
-
-    try:
-        services = build_services(settings)
-    except (ModelPathError, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    app = create_app(settings, services)
-    logger.info("serving on http://%s:%d (device %s, models from %s)", args.host, args.port, services.device,
-                settings.model_root_path)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), timeout_keep_alive=75)
-    return 0
+    wrapper = watch_wrapper()
+    status = check_models(settings) if args.check else serve(args, settings)
+    if status and wrapper is not None:
+        print(f"exit status {status}, which label-studio-ml does not pass on (it exits 0); "
+              f"`python backend/_wsgi.py {' '.join(argv if argv is not None else sys.argv[1:])}` does",
+              file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
