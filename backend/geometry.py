@@ -4,7 +4,8 @@ Conventions:
 - Pixel coordinates are continuous: pixel (row i, column j) covers [j, j+1) x [i, i+1), so a box
   around it is (j, i, j+1, i+1). COCO and Label Studio both use this convention.
 - Label Studio coordinates are percent (0..100) of the displayed image's width and height.
-- Masks are 2-D boolean arrays of the image's size (height, width).
+- Masks are 2-D boolean arrays of the image's size (height, width); a window of such a mask is a
+  smaller array placed at (x0, y0), the image being background outside it (backend/mask_crop.py).
 """
 
 from __future__ import annotations
@@ -179,18 +180,48 @@ _MAX_RUN = 1 << 16
 def mask_to_ls_rle(mask: np.ndarray) -> list[int]:
     """Boolean mask -> Label Studio BrushLabels `rle` (same bytes as the SDK's mask2rle(mask * 255))."""
     flat = np.ascontiguousarray(mask, dtype=bool).ravel()
-    header = [(flat.size * 4, 32), (_WORD_SIZE - 1, 5)] + [(size - 1, 4) for size in _RLE_SIZES]
-    header_values, header_bits = np.array(header, dtype=np.int64).T
     if flat.size == 0:
-        return _pack_fields(header_values, header_bits)
+        return _runs_to_ls_rle(0, np.zeros(0, np.int64), np.zeros(0, bool))
     starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
-    lengths = np.diff(starts, append=flat.size)
+    return _runs_to_ls_rle(flat.size, starts, flat[starts])
+
+
+def mask_window_to_ls_rle(window: np.ndarray, x0: int, y0: int, width: int, height: int) -> list[int]:
+    """The Label Studio `rle` of a width x height mask that is background outside `window` (placed at
+    x0, y0): the same bytes as `mask_to_ls_rle` of the full mask, without building it."""
+    n_pixels = width * height
+    window_height, window_width = window.shape
+    if window.size == 0 or n_pixels == 0:
+        return mask_to_ls_rle(np.zeros((height, width), bool))
+    # Rows of a window narrower than the image are separated by background, so each row padded with
+    # a background pixel on both sides holds all of its changes; a full-width window is one segment.
+    narrow = window_width < width
+    rows = window if narrow else window.reshape(1, -1)
+    row_starts = np.arange(y0, y0 + window_height) * width + x0 if narrow else np.array([y0 * width])
+    padded = np.zeros((rows.shape[0], rows.shape[1] + 2), dtype=bool)
+    padded[:, 1:-1] = rows
+    row_index, column = np.nonzero(padded[:, 1:] != padded[:, :-1])
+    changes = row_starts[row_index] + column  # flat index of the first pixel of each new run
+    inside = changes < n_pixels  # a change right after the image's last pixel starts no run
+    changes, values = changes[inside], padded[row_index[inside], column[inside] + 1]
+    if changes.size and changes[0] == 0:
+        return _runs_to_ls_rle(n_pixels, changes, values)
+    return _runs_to_ls_rle(n_pixels, np.concatenate(([0], changes)), np.concatenate(([False], values)))
+
+
+def _runs_to_ls_rle(n_pixels: int, starts: np.ndarray, run_values: np.ndarray) -> list[int]:
+    """Label Studio `rle` of a mask of n_pixels given as runs: each run's first flat index and its value."""
+    header = [(n_pixels * 4, 32), (_WORD_SIZE - 1, 5)] + [(size - 1, 4) for size in _RLE_SIZES]
+    header_values, header_bits = np.array(header, dtype=np.int64).T
+    if n_pixels == 0:
+        return _pack_fields(header_values, header_bits)
+    lengths = np.diff(starts, append=n_pixels)
     lengths *= 4  # runs over RGBA bytes, so every run is a series (length >= 4)
     # The size field follows the whole run's length: a long run's short remainder keeps 16 bits.
     size_index = (lengths > 8).astype(np.int64)
     size_index += lengths > 16
     size_index += lengths > 256
-    run_values = flat[starts]
+    run_values = run_values.astype(np.int64)
     if lengths.max() > _MAX_RUN:  # written as full 2**16 chunks followed by the remainder
         n_full = np.where(lengths > _MAX_RUN, (lengths - 1) // _MAX_RUN, 0)
         chunk_counts = n_full + 1
@@ -315,3 +346,33 @@ def ls_rle_alpha(rle: Sequence[int], width: int, height: int) -> np.ndarray:
     # start//4 .. (end-4)//4: repeating each run's value that often yields the alpha channel.
     alpha_counts = np.maximum((ends - 4) // 4 - starts // 4 + 1, 0)
     return np.repeat(values.astype(np.uint8), alpha_counts).reshape(height, width)
+
+
+# ---------------------------------------------------------------- CVAT shapes
+
+
+def ls_rect_to_cvat_rectangle(value: dict, width: int, height: int) -> tuple[list[float], float]:
+    """Label Studio rectangle value -> CVAT rectangle `points` [x1, y1, x2, y2] in pixels and `rotation`.
+
+    Label Studio turns a rectangle around its top-left corner, CVAT around its centre (both in
+    degrees, clockwise), so the points are the unrotated box around the rotated box's centre."""
+    center_x, center_y = ls_rect_corners(value, width, height).mean(axis=0)
+    half_w, half_h = value["width"] * width / 200.0, value["height"] * height / 200.0
+    points = [float(center_x - half_w), float(center_y - half_h), float(center_x + half_w), float(center_y + half_h)]
+    return points, float(value.get("rotation") or 0.0) % 360.0
+
+
+def mask_to_cvat_rle(mask: np.ndarray) -> list[int]:
+    """Boolean mask -> CVAT mask shape `points` (not COCO's RLE): the lengths of alternating runs,
+    background first (0 when the first pixel is set), over the mask's tight box read row by row,
+    then the box as left, top, right, bottom, the last two inclusive. The same numbers as
+    `cvat_sdk.masks.encode_mask(mask)`; an empty mask is one background pixel at (0, 0)."""
+    box = mask_to_box(mask)
+    if box is None:
+        return [1, 0, 0, 0, 0]
+    x1, y1, x2, y2 = (int(v) for v in box)
+    flat = np.ascontiguousarray(mask[y1:y2, x1:x2], dtype=bool).ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    lengths = np.diff(np.concatenate(([0], changes, [flat.size])))
+    runs = lengths.tolist()
+    return ([0] + runs if flat[0] else runs) + [x1, y1, x2 - 1, y2 - 1]

@@ -20,7 +20,8 @@ from backend.images import ImageError, ImageFetcher, TaskImage
 from backend.label_config import Control, LabelConfig
 from backend.label_studio import Credentials
 from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
-from backend.models.yolo import Detections, YoloModel
+from backend.mask_crop import MaskCrops
+from backend.models.yolo import Detections, PreparedBatch, YoloModel
 from backend.regions import mask_regions, prediction, rectangle_region
 from backend.settings import Settings
 from backend.versions import file_fingerprint
@@ -110,73 +111,104 @@ class BatchPredictor:
             logger.info("the labeling config has no RectangleLabels, PolygonLabels or BrushLabels to predict")
             return [prediction([], model_version) for _ in tasks]
         data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
-        images = self._load_images(tasks, data_keys, credentials)
         regions: list[list[dict]] = [[] for _ in tasks]
-        for model, controls in plan.items():
-            conf = min(self._threshold(control) for control in controls)
-            for data_key in {control.data_key for control in controls}:
-                indexed = [(i, images[i][data_key]) for i in range(len(tasks)) if images[i].get(data_key) is not None]
-                for start in range(0, len(indexed), self._settings.batch_size):
-                    chunk = indexed[start:start + self._settings.batch_size]
-                    try:
-                        detections = model.predict([image.pixels for _, image in chunk], conf)
-                    except Exception:  # one failing batch must not lose the other tasks
-                        logger.exception("YOLO failed on tasks %s", [tasks[i].get("id") for i, _ in chunk])
-                        continue
-                    for (task_index, image), found in zip(chunk, detections):
-                        for control in controls:
-                            if control.data_key == data_key:
-                                regions[task_index].extend(self._control_regions(control, image, found))
+        size = self._settings.batch_size
+        chunks = [range(start, min(start + size, len(tasks))) for start in range(0, len(tasks), size)]
+        workers = max(1, min(self._settings.fetch_workers, size * len(data_keys)))
+        # A bounded pipeline: while one chunk of tasks runs through the models, the next is fetched,
+        # decoded and letterboxed; at most two chunks of images are held at a time.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as fetch_pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as prepare_pool:
+            def prepare(chunk: range) -> list[ModelBatch]:
+                return self._prepare_chunk(tasks, chunk, plan, data_keys, credentials, fetch_pool)
+
+            upcoming = prepare_pool.submit(prepare, chunks[0]) if chunks else None
+            for position in range(len(chunks)):
+                batches = upcoming.result()
+                upcoming = prepare_pool.submit(prepare, chunks[position + 1]) if position + 1 < len(chunks) else None
+                for batch in batches:
+                    self._predict_batch(batch, tasks, regions)
         return [prediction(task_regions, model_version) for task_regions in regions]
 
     def _threshold(self, control: Control) -> float:
         return control.score_threshold if control.score_threshold is not None else self._settings.model_score_threshold
 
-    def _load_images(self, tasks: list[dict], data_keys: list[str], credentials: Credentials | None) -> list[dict[str, TaskImage | None]]:
-        jobs = [(i, key) for i in range(len(tasks)) for key in data_keys]
+    def _prepare_chunk(self, tasks: list[dict], chunk: range, plan: dict[YoloModel, list[Control]], data_keys: list[str],
+                       credentials: Credentials | None, fetch_pool: ThreadPoolExecutor) -> list[ModelBatch]:
+        """The chunk's images, fetched concurrently, as one letterboxed batch per model and image key."""
+        jobs = [(i, key) for i in chunk for key in data_keys]
+        images = dict(zip(jobs, fetch_pool.map(lambda job: self._load_image(tasks[job[0]], job[1], credentials), jobs)))
+        batches = []
+        for model, controls in plan.items():
+            for data_key in sorted({control.data_key for control in controls}):
+                items = [(i, images[i, data_key]) for i in chunk if images[i, data_key] is not None]
+                if not items:
+                    continue
+                try:
+                    prepared = model.prepare([image.pixels for _, image in items])
+                except Exception:  # one failing batch must not lose the other tasks
+                    logger.exception("YOLO preprocessing failed on tasks %s", [task_id(tasks[i]) for i, _ in items])
+                    continue
+                batches.append(ModelBatch(model, controls, data_key, items, prepared))
+        return batches
 
-        def load(job: tuple[int, str]) -> TaskImage | None:
-            task_index, key = job
-            task = tasks[task_index]
-            data = task.get("data") if isinstance(task, dict) else None
-            url = data.get(key) if isinstance(data, dict) else None
-            try:
-                if not isinstance(url, str):
-                    raise ImageError(f"task data has no '{key}' image URL")
-                image = self._fetcher.load(url, task.get("id"), credentials)
-            except (ImageError, PermissionError) as exc:
-                logger.warning("task %s: %s", task.get("id") if isinstance(task, dict) else "?", exc)
-                return None
-            if self._on_image is not None:
-                self._on_image(image)
-            return image
+    def _load_image(self, task: dict, key: str, credentials: Credentials | None) -> TaskImage | None:
+        data = task.get("data") if isinstance(task, dict) else None
+        url = data.get(key) if isinstance(data, dict) else None
+        try:
+            if not isinstance(url, str):
+                raise ImageError(f"task data has no '{key}' image URL")
+            image = self._fetcher.load(url, task.get("id"), credentials)
+        except (ImageError, PermissionError) as exc:
+            logger.warning("task %s: %s", task_id(task), exc)
+            return None
+        if self._on_image is not None:
+            self._on_image(image)
+        return image
 
-        workers = max(1, min(self._settings.fetch_workers, len(jobs)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-            loaded = list(pool.map(load, jobs))
-        images: list[dict[str, TaskImage | None]] = [{} for _ in tasks]
-        for (task_index, key), image in zip(jobs, loaded):
-            images[task_index][key] = image
-        return images
+    def _predict_batch(self, batch: ModelBatch, tasks: list[dict], regions: list[list[dict]]) -> None:
+        conf = min(self._threshold(control) for control in batch.controls)
+        try:
+            detections = batch.model.infer(batch.prepared, conf)
+        except Exception:  # one failing batch must not lose the other tasks
+            logger.exception("YOLO failed on tasks %s", [task_id(tasks[i]) for i, _ in batch.items])
+            return
+        for (task_index, image), found in zip(batch.items, detections):
+            for control in batch.controls:
+                if control.data_key == batch.data_key:
+                    regions[task_index].extend(self._control_regions(control, image, found))
 
     def _control_regions(self, control: Control, image: TaskImage, found: Detections) -> list[dict]:
         threshold = self._threshold(control)
         keep = [k for k in range(len(found)) if found.scores[k] >= threshold and control.label_for(found.class_names[k])]
         if not keep:
             return []
-        masks = found.masks
-        if control.wants_masks and masks is None:
-            masks = np.zeros((len(found), image.height, image.width), dtype=bool)
-            masks[keep] = self._box_segmenter(image, found.boxes[keep])
+        crops = dict(enumerate(found.masks.crops)) if found.masks is not None else None
+        if control.wants_masks and crops is None:  # YOLO_SAM: each kept box prompts SAM
+            crops = dict(zip(keep, MaskCrops.of(self._box_segmenter(image, found.boxes[keep])).crops))
         regions: list[dict] = []
         for k in keep:
             label = control.label_for(found.class_names[k])
             score = float(found.scores[k])
             if control.wants_masks:
-                regions.extend(mask_regions(control, label, masks[k], score, self._settings.polygon_tolerance))
+                regions.extend(mask_regions(control, label, crops[k], score, self._settings.polygon_tolerance))
             else:
                 regions.append(rectangle_region(control, label, tuple(found.boxes[k]), score, image.width, image.height))
         return regions
 
+
+def task_id(task: object) -> object:
+    return task.get("id") if isinstance(task, dict) else "?"
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """One chunk's images for one model and image key, letterboxed, and the controls they serve."""
+
+    model: YoloModel
+    controls: list[Control]
+    data_key: str
+    items: list[tuple[int, TaskImage]]  # (task index, image)
+    prepared: PreparedBatch
 
 __all__ = ["BatchPredictor", "ModelPathError", "PredictionConfigError", "YoloModels", "model_choice"]

@@ -6,8 +6,9 @@ import uuid
 
 import numpy as np
 
-from backend.geometry import BoxXYXY, box_to_ls_rect, mask_to_box, mask_to_ls_rle, mask_to_polygons, pixels_to_percent
+from backend.geometry import BoxXYXY, box_to_ls_rect, pixels_to_percent
 from backend.label_config import Control
+from backend.mask_crop import MaskCrop
 
 
 def _region(control: Control, width: int, height: int, value: dict, score: float) -> dict:
@@ -30,32 +31,31 @@ def rectangle_region(control: Control, label: str, box: BoxXYXY, score: float, w
     return _region(control, width, height, value, score)
 
 
-def polygon_regions(control: Control, label: str, mask: np.ndarray, score: float, tolerance: float) -> list[dict]:
+def polygon_regions(control: Control, label: str, mask: MaskCrop, score: float, tolerance: float) -> list[dict]:
     """One region per separate part of the mask."""
-    height, width = mask.shape
     regions = []
-    for polygon in mask_to_polygons(mask, tolerance=tolerance):
-        points = np.round(pixels_to_percent(polygon, width, height), 4).tolist()
-        regions.append(_region(control, width, height, {"points": points, "closed": True, control.type: [label]}, score))
+    for polygon in mask.polygons(tolerance=tolerance):
+        points = np.round(pixels_to_percent(polygon, mask.width, mask.height), 4).tolist()
+        regions.append(_region(control, mask.width, mask.height, {"points": points, "closed": True, control.type: [label]}, score))
     return regions
 
 
-def brush_region(control: Control, label: str, mask: np.ndarray, score: float) -> dict:
-    height, width = mask.shape
-    value = {"format": "rle", "rle": mask_to_ls_rle(mask), control.type: [label]}
-    return _region(control, width, height, value, score)
+def brush_region(control: Control, label: str, mask: MaskCrop, score: float) -> dict:
+    value = {"format": "rle", "rle": mask.ls_rle(), control.type: [label]}
+    return _region(control, mask.width, mask.height, value, score)
 
 
-def mask_regions(control: Control, label: str, mask: np.ndarray, score: float, tolerance: float) -> list[dict]:
-    """The regions a mask becomes for `control`: brush, polygons, or its tight rectangle."""
-    if not mask.any():
+def mask_regions(control: Control, label: str, mask: np.ndarray | MaskCrop, score: float, tolerance: float) -> list[dict]:
+    """The regions a mask (image-sized, or a crop of one) becomes for `control`: brush, polygons, or
+    its tight rectangle. All are computed in the mask's bounding crop."""
+    crop = mask if isinstance(mask, MaskCrop) else MaskCrop.of(mask)
+    if not crop.any():
         return []
     if control.tag == "BrushLabels":
-        return [brush_region(control, label, mask, score)]
+        return [brush_region(control, label, crop, score)]
     if control.tag == "PolygonLabels":
-        return polygon_regions(control, label, mask, score, tolerance)
-    box = mask_to_box(mask)
-    return [rectangle_region(control, label, box, score, mask.shape[1], mask.shape[0])]
+        return polygon_regions(control, label, crop, score, tolerance)
+    return [rectangle_region(control, label, crop.box(), score, crop.width, crop.height)]
 
 
 def prediction(regions: list[dict], model_version: str) -> dict:

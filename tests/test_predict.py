@@ -137,17 +137,17 @@ def test_model_root_default_names_and_offline_error(make_client: Callable[..., T
 
 def test_controls_sharing_a_model_share_one_forward_pass_per_batch(make_client: Callable[..., TestClient],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend.models.yolo import YoloModel
+    from backend.models.yolo import PreparedBatch, YoloModel
 
     client = make_client(yolo_det_model=DEMO_SEG, batch_size=4)
     calls: list[int] = []
-    original = YoloModel.predict
+    original = YoloModel.infer
 
-    def counting(self: YoloModel, images: list, conf: float) -> list:
-        calls.append(len(images))
-        return original(self, images, conf)
+    def counting(self: YoloModel, prepared: PreparedBatch, conf: float) -> list:
+        calls.append(len(prepared.shapes))
+        return original(self, prepared, conf)
 
-    monkeypatch.setattr(YoloModel, "predict", counting)
+    monkeypatch.setattr(YoloModel, "infer", counting)
     labels = '<Label value="circle"/><Label value="square"/><Label value="triangle"/>'
     config = config_xml(f'<RectangleLabels name="rect" toName="image">{labels}</RectangleLabels>',
                         f'<PolygonLabels name="poly" toName="image">{labels}</PolygonLabels>',

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from backend.mask_crop import MaskCrops
 from backend.models.cache import ModelPathError
+from backend.models.yolo_masks import retina_mask_crops
 
 logger = logging.getLogger(__name__)
 
@@ -23,17 +26,24 @@ class Detections:
     boxes: np.ndarray  # (N, 4) float xyxy
     scores: np.ndarray  # (N,)
     class_names: tuple[str, ...]
-    masks: np.ndarray | None  # (N, H, W) bool at the image's size; None for detection models
+    masks: MaskCrops | None  # each object's mask, at the image's resolution; None for detection models
 
     def __len__(self) -> int:
         return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Images letterboxed into the model's input tensor, ready for `YoloModel.infer`."""
+
+    tensor: torch.Tensor
+    shapes: list[tuple[int, int, int]]  # each original image's (height, width, channels)
 
 
 class YoloModel:
     """A loaded YOLO model; `predict` is safe to call from several threads (calls are serialized)."""
 
     def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
-        import torch
         from ultralytics import YOLO
 
         # Ultralytics' CPU device setup lowers torch's thread count to cores - 1 (a training habit) in
@@ -53,6 +63,7 @@ class YoloModel:
         self.half = half and device.startswith("cuda")
         self.imgsz = imgsz or None  # None: the size the model was trained at (Ultralytics keeps it in overrides)
         self._lock = threading.Lock()
+        self._predictor = None  # Ultralytics' predictor, set up on first use (see _setup)
 
     @property
     def task(self) -> str:
@@ -71,35 +82,66 @@ class YoloModel:
         """Run the model on RGB images (one forward pass for the list)."""
         if not images_rgb:
             return []
+        return self.infer(self.prepare(images_rgb), conf)
+
+    def prepare(self, images_rgb: list[np.ndarray]) -> PreparedBatch:
+        """Letterbox the images into one input tensor (Ultralytics' own preprocessing). Needs no lock:
+        a pipeline prepares the next batch while `infer` runs the current one."""
+        predictor = self._setup()
         # Ultralytics takes numpy images as BGR, like OpenCV.
         batch = [np.ascontiguousarray(image[:, :, ::-1]) for image in images_rgb]
-        options = dict(conf=conf, device=self.device, retina_masks=True, verbose=False, batch=len(batch))
-        if self.half:
-            options["half"] = True
-        if self.imgsz:
-            options["imgsz"] = self.imgsz
-        import torch
+        with torch.inference_mode():
+            return PreparedBatch(predictor.preprocess(batch), [image.shape for image in batch])
 
-        with self._lock:
+    def infer(self, prepared: PreparedBatch, conf: float) -> list[Detections]:
+        """Forward pass, NMS (Ultralytics' own) and, for segmentation models, each object's retina mask
+        computed inside its box only (backend/models/yolo_masks.py)."""
+        predictor = self._setup()
+        with self._lock, torch.inference_mode():
             torch.set_num_threads(self._torch_threads)
-            results = self._model.predict(batch, **options)
-        return [_to_detections(result, self.has_masks) for result in results]
+            predictor.args.conf = conf
+            preds = predictor.inference(prepared.tensor)
+            # Shapes stand in for the original images: postprocess reads nothing else of them.
+            return predictor.postprocess(preds, prepared.tensor, [np.empty(shape, np.uint8) for shape in prepared.shapes])
 
+    def _setup(self):  # noqa: ANN202 - an Ultralytics predictor
+        """Ultralytics' predictor, configured by one `predict` call on a blank image (which also warms it
+        up), with its result construction replaced by `_detections`: same preprocessing, model and NMS."""
+        with self._lock:
+            if self._predictor is None:
+                options = dict(device=self.device, retina_masks=True, verbose=False)
+                if self.half:
+                    options["half"] = True
+                if self.imgsz:
+                    options["imgsz"] = self.imgsz
+                self._model.predict(np.zeros((64, 64, 3), dtype=np.uint8), **options)
+                predictor = self._model.predictor
+                predictor.construct_results = self._detections
+                self._predictor = predictor
+            return self._predictor
 
-def _to_detections(result, has_masks: bool) -> Detections:  # noqa: ANN001 - ultralytics Results
-    boxes = result.boxes
-    class_ids = boxes.cls.cpu().numpy().astype(int)
-    masks = None
-    if result.masks is not None:
-        masks = result.masks.data.cpu().numpy() > 0.5
-    elif has_masks:  # a segmentation model that found nothing
-        masks = np.zeros((0, *result.orig_shape), dtype=bool)
-    return Detections(
-        boxes=boxes.xyxy.cpu().numpy().astype(np.float64),
-        scores=boxes.conf.cpu().numpy().astype(np.float64),
-        class_names=tuple(result.names[i] for i in class_ids),
-        masks=masks,
-    )
+    def _detections(self, preds: list[torch.Tensor], img: torch.Tensor, orig_imgs: list[np.ndarray],
+                    protos: torch.Tensor | None = None) -> list[Detections]:
+        from ultralytics.utils import ops
+
+        names = self._predictor.model.names
+        found = []
+        for index, (pred, orig) in enumerate(zip(preds, orig_imgs)):
+            height, width = orig.shape[:2]
+            pred[:, :4] = ops.scale_boxes(img.shape[2:], pred[:, :4], orig.shape)
+            masks = None
+            if self.has_masks:
+                crops = retina_mask_crops(protos[index], pred[:, 6:], pred[:, :4], (height, width))
+                keep = [k for k, crop in enumerate(crops) if crop is not None]  # Ultralytics drops empty masks too
+                pred = pred[keep]
+                masks = MaskCrops([crops[k] for k in keep], width, height)
+            found.append(Detections(
+                boxes=pred[:, :4].cpu().numpy().astype(np.float64),
+                scores=pred[:, 4].cpu().numpy().astype(np.float64),
+                class_names=tuple(names[int(i)] for i in pred[:, 5].tolist()),
+                masks=masks,
+            ))
+        return found
 
 
 def is_downloadable_asset(name: str) -> bool:
