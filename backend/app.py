@@ -184,6 +184,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             "models_failed": dict(services.model_errors),
             "sam": services.settings.model_name or None,
             "uptime_seconds": round(time.time() - services.started_at, 1),
+            "training": await run_in_threadpool(services.training.status),
         }
 
     @app.post("/setup")
@@ -197,7 +198,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         _check_model_paths(services, config)
         services.setup_store.save(project, hostname.rstrip("/"), access_token, payload.get("schema"))
         services.report_config_in_background(config)  # loads the models: Label Studio should not wait on it
-        return {"model_version": services.model_version(config)}
+        return {"model_version": services.model_version(config, project)}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
@@ -215,7 +216,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             raise BadRequest("'params' must be an object")
         context = params.get("context")
         credentials = services.credentials(project)
-        version = services.model_version(config)
+        version = services.model_version(config, project)
         if context:
             if not isinstance(context, dict) or not isinstance(context.get("result", []), list):
                 raise BadRequest("'params.context' must be an object with a 'result' list")
@@ -225,7 +226,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                                                        version)}
         try:
             await run_in_threadpool(services.report_config, config)
-            results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials, version)
+            results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials, version, project)
         except (ModelPathError, PredictionConfigError) as exc:
             raise BadRequest(str(exc)) from None
         return {"results": results}
@@ -233,21 +234,26 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.post("/webhook")
     async def webhook(request: Request) -> JSONResponse:
         payload = await read_json(request, settings.max_request_bytes)
-        action = payload.get("action")
-        logger.info("webhook event %s ignored: this backend does not train", action)
-        return JSONResponse({"status": "ok", "action": action if isinstance(action, str) else None}, status_code=201)
+        services = get_services()
+        answer = await run_in_threadpool(services.training.webhook, payload,
+                                         lambda project: services.credentials(str(project)))
+        if answer.status >= 400:
+            raise BadRequest(answer.body["error"], answer.status)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @app.get("/versions")
     async def versions() -> dict:
         services = get_services()
-        return {"versions": await run_in_threadpool(_versions, services), "model_dir": str(settings.model_root_path)}
+        return {"versions": await run_in_threadpool(_versions, services), "model_dir": str(settings.model_root_path),
+                "trained": await run_in_threadpool(services.training.versions)}
 
     @app.get("/metrics")
     async def metrics() -> Response:
         services = get_services()
         for key, seconds in services.models.loaded().items():
             services.metrics.model_load_seconds.labels(str(key[1])).set(seconds)
-        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        text = services.metrics.render() + (await run_in_threadpool(services.training.metrics_text)).encode()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
 
@@ -291,9 +297,9 @@ def _refusal(request: Request, exc: BadRequest) -> JSONResponse:
 def _versions(services: Services) -> list[str]:
     """The default models' version, then the version of each labeling config /setup told about."""
     versions = [services.model_version()]
-    for _, xml in services.setup_store.saved_configs():
+    for project, xml in services.setup_store.saved_configs():
         try:
-            versions.append(services.model_version(parse_label_config(xml)))
+            versions.append(services.model_version(parse_label_config(xml), project))
         except LabelConfigError:
             continue
     return list(dict.fromkeys(versions))

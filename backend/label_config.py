@@ -31,6 +31,7 @@ class Control:
     score_threshold: float | None
     skip: bool
     smart: bool
+    trainable: bool = True  # model_trainable="false": training never replaces this control's model
 
     @property
     def type(self) -> str:
@@ -102,6 +103,7 @@ def parse_label_config(xml: str) -> LabelConfig:
             score_threshold=_threshold(tag.name, tag.attr.get("model_score_threshold")),
             skip=str(tag.attr.get("model_skip", "false")).lower() in {"true", "1", "yes"},
             smart=str(tag.attr.get("smart", "false")).lower() in {"true", "1", "yes"},
+            trainable=str(tag.attr.get("model_trainable", "true")).lower() not in {"false", "0", "no"},
         ))
     return LabelConfig(tuple(controls), tuple(unanswered))
 

@@ -21,6 +21,7 @@ from backend.metrics import Metrics
 from backend.models.cache import ModelCache, ModelPathError, select_device
 from backend.predictor import BatchPredictor, ModelChoice, YoloModels, model_choice
 from backend.settings import Settings
+from backend.training.service import TrainingService
 from backend.versions import join_tags, model_tag
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     model_errors: dict[str, str] = field(default_factory=dict)  # setting -> why its model did not load
     reporter: ConfigReporter = field(default_factory=ConfigReporter)
+    training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
 
     def credentials(self, project: str | None) -> Credentials | None:
         """Settings win; otherwise what /setup said (in any worker) for this project."""
@@ -53,7 +55,7 @@ class Services:
 
     # ------------------------------------------------------------ versions
 
-    def model_version(self, config: LabelConfig | None = None) -> str:
+    def model_version(self, config: LabelConfig | None = None, project: object = None) -> str:
         """The models that answer `config` (the default models without one), by file name and content hash."""
         if self.settings.model_version:
             return self.settings.model_version
@@ -61,7 +63,7 @@ class Services:
             files = [self.yolo.path(choice) for choice in self.default_choices() if self._resolvable(choice)]
             uses_sam = True
         else:
-            files = self.predictor.model_files(config)
+            files = self.predictor.model_files(config, project)
             uses_sam = config.has_prompts or (self.settings.yolo_sam and bool(config.prediction_controls))
         tags = [model_tag(path) for path in files]
         if self.interactive is not None and self.interactive.checkpoint is not None and uses_sam:
@@ -139,4 +141,4 @@ def build_services(settings: Settings) -> Services:
             on_image = interactive.prefetch
     predictor = BatchPredictor(settings, yolo, fetcher, box_segmenter=box_segmenter, on_image=on_image)
     return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup"), predictor,
-                    metrics, interactive)
+                    metrics, interactive, training=TrainingService(settings))

@@ -67,6 +67,15 @@ class Settings:
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
     workers: int = _setting(1, "gunicorn worker processes (`backend/gunicorn.conf.py`).")
     threads: int = _setting(4, "Threads per worker for blocking model calls.")
+    # Training on the project's annotations (Label Studio's "Start Training")
+    train_every: int = _setting(0, "Also train after every N annotations created/updated/deleted (Label Studio webhook events); 0: only on Start Training.")
+    train_min_images: int = _setting(10, "Fewest annotated images a training job accepts; fewer is a logged refusal.")
+    train_device: str = _setting("", "Device for training: `cpu`, `cuda` or `cuda:N`; empty: the serving device (DEVICE).")
+    train_epochs: int = _setting(50, "Epochs per training job (on CPU: 5-20 with a small TRAIN_IMGSZ).")
+    train_imgsz: int = _setting(640, "Training and validation image size (on CPU: 160-320).")
+    train_batch: int = _setting(16, "Training batch size (on CPU: 4-8).")
+    train_threads: int = _setting(0, "CPU threads of the training process; 0: half the CPU cores. It also runs at a lower priority (nice).")
+    train_queue: str = _setting("", "`redis://host:6379/0`: training jobs go to this RQ queue for `rq worker ls-yolo-train` (sharing MODEL_ROOT); empty: a local process.")
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +112,7 @@ class Settings:
             raise SettingsError(f"DEVICE must be auto, cpu, cuda or cuda:N, not '{self.device}'")
         if self.model_name and self.model_name not in {"sam", "mobile_sam", "sam_hq"}:
             raise SettingsError(f"MODEL_NAME must be sam, mobile_sam or sam_hq, not '{self.model_name}'")
+        _validate_training(self)
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 
@@ -117,6 +127,21 @@ class Settings:
     def as_environ(self) -> dict[str, str]:
         """The settings as environment variables, for processes started from this one."""
         return {f.name.upper(): _format(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _validate_training(settings: Settings) -> None:
+    for name in ("train_min_images", "train_epochs", "train_batch"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name.upper()} must be at least 1")
+    if settings.train_every < 0 or settings.train_threads < 0:
+        raise SettingsError("TRAIN_EVERY and TRAIN_THREADS must not be negative (0: off / automatic)")
+    if settings.train_imgsz < 32 or settings.train_imgsz % 32:
+        raise SettingsError(f"TRAIN_IMGSZ must be a multiple of 32 and at least 32, not {settings.train_imgsz}")
+    device = settings.train_device
+    if device and not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise SettingsError(f"TRAIN_DEVICE must be empty, cpu, cuda or cuda:N, not '{device}'")
+    if settings.train_queue and not settings.train_queue.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"TRAIN_QUEUE must be a redis://, rediss:// or unix:// URL (or empty), not '{settings.train_queue}'")
 
 
 def _coerce(name: str, annotation: Any, raw: Any) -> Any:

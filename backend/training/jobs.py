@@ -1,0 +1,165 @@
+"""Training job state per project, shared by every gunicorn worker, the training processes and RQ workers.
+
+One JSON file per project (MODEL_ROOT/projects/<id>/job.json) changed only under an exclusive
+`fcntl` lock on its neighbour `job.lock`, so triggers that reach different workers at the same time
+see one another: the first queues a job, the next ones while it is queued or running ask for one
+more run after it (`rerun`), and any further ones are absorbed by that.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from backend.training.registry import project_dir, write_json_atomic
+
+ACTIVE = ("queued", "running")
+FINISHED = ("promoted", "rejected", "refused", "failed")
+JOB_FILE = "job.json"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def this_process() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class JobBoard:
+    """Reads and changes the job state of projects under MODEL_ROOT."""
+
+    def __init__(self, model_root: Path) -> None:
+        self.model_root = Path(model_root)
+
+    def _paths(self, project: int) -> tuple[Path, Path]:
+        directory = project_dir(self.model_root, project)
+        return directory / JOB_FILE, directory / "job.lock"
+
+    @contextmanager
+    def locked(self, project: int) -> Iterator[dict]:
+        """The project's state under the lock; changes to the yielded dict are written back."""
+        state_path, lock_path = self._paths(project)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self._read(state_path) or {"project": int(project), "state": "idle"}
+                before = json.dumps(state, sort_keys=True)
+                yield state
+                if json.dumps(state, sort_keys=True) != before:
+                    state["updated_at"] = time.time()
+                    write_json_atomic(state_path, state)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) else None
+
+    def state(self, project: int) -> dict:
+        return self._read(self._paths(project)[0]) or {"project": int(project), "state": "idle"}
+
+    def all_states(self) -> list[dict]:
+        root = self.model_root / "projects"
+        if not root.is_dir():
+            return []
+        states = []
+        for entry in sorted(root.iterdir(), key=lambda p: (len(p.name), p.name)):
+            if entry.name.isdigit() and (state := self._read(entry / JOB_FILE)) is not None:
+                states.append(state)
+        return states
+
+    # ------------------------------------------------------------ transitions
+
+    def request(self, project: int, reason: str) -> str:
+        """A trigger: `queued` (the caller dispatches the job), `coalesced` (one more run after the active
+        job) or `absorbed` (a run after it is already asked for)."""
+        with self.locked(project) as state:
+            if state.get("state") in ACTIVE and self._stale(state):
+                _finish(state, "failed", "the training process ended without a result (killed or crashed); "
+                                         "the previous model keeps serving")
+            if state.get("state") in ACTIVE:
+                if state.get("rerun"):
+                    return "absorbed"
+                state["rerun"] = True
+                return "coalesced"
+            state.clear()
+            state.update({"project": int(project), "state": "queued", "phase": "queued", "job_id": uuid.uuid4().hex,
+                          "reason": reason, "queued_at": time.time(), "rerun": False, "launcher": this_process()})
+            return "queued"
+
+    def start(self, project: int, job_id: str) -> bool:
+        """The job process takes the queued job; False when it is not the queued one any more."""
+        with self.locked(project) as state:
+            if state.get("state") != "queued" or state.get("job_id") != job_id:
+                return False
+            state.update({"state": "running", "phase": "starting", "runner": this_process(), "started_at": time.time()})
+            return True
+
+    def progress(self, project: int, job_id: str, phase: str, **details: object) -> None:
+        with self.locked(project) as state:
+            if state.get("job_id") == job_id and state.get("state") == "running":
+                state["phase"] = phase
+                state.update(details)
+
+    def finish(self, project: int, job_id: str, outcome: str, message: str, **details: object) -> str | None:
+        """Record the job's end; returns the id of the follow-up job when a trigger came in meanwhile."""
+        with self.locked(project) as state:
+            if state.get("job_id") != job_id:
+                return None
+            _finish(state, outcome, message)
+            state.update(details)
+            if not state.pop("rerun", False):
+                return None
+            return _requeue(state)
+
+    def fail_if_unfinished(self, project: int, job_id: str, message: str) -> str | None:
+        """After a job process exited: mark its job failed unless it recorded an end; returns a follow-up job id."""
+        with self.locked(project) as state:
+            if state.get("job_id") != job_id or state.get("state") not in ACTIVE:
+                return None
+            _finish(state, "failed", message)
+            if not state.pop("rerun", False):
+                return None
+            return _requeue(state)
+
+    def _stale(self, state: dict) -> bool:
+        """An active job whose process on this host is gone (a queued job: its launcher is gone)."""
+        owner = state.get("runner") if state.get("state") == "running" else state.get("launcher")
+        if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+            return False  # an RQ worker elsewhere: trust its state
+        pid = owner.get("pid")
+        return isinstance(pid, int) and not _process_alive(pid)
+
+
+def _finish(state: dict, outcome: str, message: str) -> None:
+    state.update({"state": outcome, "phase": outcome, "message": message, "finished_at": time.time()})
+
+
+def _requeue(state: dict) -> str:
+    job_id = uuid.uuid4().hex
+    previous = {key: state[key] for key in ("state", "message", "version") if key in state}
+    project = state.get("project")
+    state.clear()
+    state.update({"project": project, "state": "queued", "phase": "queued", "job_id": job_id,
+                  "reason": "coalesced trigger", "queued_at": time.time(), "rerun": False,
+                  "launcher": this_process(), "previous_job": previous})
+    return job_id

@@ -1,0 +1,211 @@
+"""Trained models of each Label Studio project: versions, their cards, and which one is served.
+
+    MODEL_ROOT/projects/<id>/p<id>-v<k>.pt     the model of version k (promoted or rejected)
+    MODEL_ROOT/projects/<id>/p<id>-v<k>.json   its card: classes, counts, epochs, val mAP of new and previous
+    MODEL_ROOT/projects/<id>/promoted.json     {"version": k, ...}: the version every worker serves
+
+Every file is written to a temporary name in the same folder and renamed into place, the pointer
+last, so a job killed at any moment leaves either the old or the new version served, never half a
+file. Rolling back is pointing `promoted.json` at an earlier version (`python -m backend.training.registry`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+PROMOTED_FILE = "promoted.json"
+_VERSION_FILE = re.compile(r"^p(\d+)-v(\d+)\.(pt|json)$")
+
+
+@dataclass(frozen=True)
+class PromotedVersion:
+    project: int
+    version: int
+    path: Path  # the model file
+    relative_path: str  # the same, relative to MODEL_ROOT (how a control's model_path names a file)
+    task: str  # detect | segment
+    classes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """`p12-v3`: the file stem, which model versions are derived from."""
+        return self.path.stem
+
+
+def project_dir(model_root: Path, project: int) -> Path:
+    return Path(model_root) / "projects" / str(int(project))
+
+
+def version_stem(project: int, version: int) -> str:
+    return f"p{int(project)}-v{int(version)}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, record: dict) -> None:
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
+
+
+class ProjectModels:
+    """The versions of one project's models; safe for several processes when one job writes at a time
+    (the job board's lock guarantees that)."""
+
+    def __init__(self, model_root: Path, project: int) -> None:
+        self.model_root = Path(model_root)
+        self.project = int(project)
+        self.directory = project_dir(self.model_root, self.project)
+
+    def versions(self) -> list[int]:
+        """Every version number in use (model files and cards, promoted or not), ascending."""
+        if not self.directory.is_dir():
+            return []
+        found = set()
+        for entry in self.directory.iterdir():
+            match = _VERSION_FILE.match(entry.name)
+            if match and int(match.group(1)) == self.project:
+                found.add(int(match.group(2)))
+        return sorted(found)
+
+    def next_version(self) -> int:
+        return max(self.versions(), default=0) + 1
+
+    def model_path(self, version: int) -> Path:
+        return self.directory / f"{version_stem(self.project, version)}.pt"
+
+    def card_path(self, version: int) -> Path:
+        return self.directory / f"{version_stem(self.project, version)}.json"
+
+    def card(self, version: int) -> dict | None:
+        try:
+            return json.loads(self.card_path(version).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def cards(self) -> list[dict]:
+        return [card for version in self.versions() if (card := self.card(version)) is not None]
+
+    def publish(self, version: int, weights: Path, card: dict, promote: bool) -> Path:
+        """Copy the trained weights in as `version` with its card; point `promoted.json` at it if `promote`."""
+        target = self.model_path(version)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".pt")
+        os.close(fd)
+        try:
+            shutil.copyfile(weights, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        write_json_atomic(self.card_path(version), card)
+        if promote:
+            self.promote(version)
+        return target
+
+    def promote(self, version: int) -> None:
+        """Serve `version` from the next request on (also how a rollback is done)."""
+        card = self.card(version)
+        if card is None or not self.model_path(version).is_file():
+            raise ValueError(f"project {self.project} has no version {version} (no model file or card in {self.directory})")
+        write_json_atomic(self.directory / PROMOTED_FILE, {
+            "project": self.project, "version": version, "file": self.model_path(version).name,
+            "task": card.get("task", "segment"), "classes": card.get("classes", [])})
+
+    def promoted(self) -> PromotedVersion | None:
+        return promoted_version_at(self.model_root, self.project)
+
+
+_promoted_cache: dict[Path, tuple[tuple[int, int], PromotedVersion | None]] = {}
+_promoted_lock = threading.Lock()
+
+
+def promoted_version_at(model_root: Path, project: int) -> PromotedVersion | None:
+    """The promoted version of a project, re-read only when `promoted.json` changes (one stat per call)."""
+    pointer = project_dir(model_root, project) / PROMOTED_FILE
+    try:
+        stat = pointer.stat()
+    except OSError:
+        return None
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    with _promoted_lock:
+        cached = _promoted_cache.get(pointer)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    found = _read_pointer(Path(model_root), int(project), pointer)
+    with _promoted_lock:
+        _promoted_cache[pointer] = (stamp, found)
+    return found
+
+
+def _read_pointer(model_root: Path, project: int, pointer: Path) -> PromotedVersion | None:
+    try:
+        record = json.loads(pointer.read_text())
+        version = int(record["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = project_dir(model_root, project) / f"{version_stem(project, version)}.pt"
+    if not path.is_file():
+        return None
+    relative = path.resolve().relative_to(model_root.resolve()).as_posix()
+    return PromotedVersion(project, version, path, relative, str(record.get("task") or "segment"),
+                           tuple(str(name) for name in record.get("classes") or ()))
+
+
+def project_id(project: object) -> int | None:
+    """Label Studio's project reference ("12.1700000000" in /predict, 12 in webhooks) as an id."""
+    if isinstance(project, bool):
+        return None
+    if isinstance(project, int):
+        return project if project > 0 else None
+    head = str(project or "").partition(".")[0]
+    return int(head) if head.isdigit() and int(head) > 0 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.training.registry",
+                                     description="List a project's trained versions or serve another one (roll back).")
+    parser.add_argument("--model_root", type=Path, default=Path(os.environ.get("MODEL_ROOT", "./models")))
+    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    parser.add_argument("--promote", type=int, metavar="VERSION", help="serve this version from the next request on")
+    args = parser.parse_args(argv)
+    models = ProjectModels(args.model_root, args.project)
+    if args.promote is not None:
+        try:
+            models.promote(args.promote)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
+    current = models.promoted()
+    for card in models.cards():
+        marker = "*" if current and card.get("version") == current.version else " "
+        print(f"{marker} v{card.get('version')}  {card.get('status', '?'):9}  mAP50-95 new {card.get('map_new')} "
+              f"previous {card.get('map_previous')}  images {card.get('images')}  {card.get('finished_at', '')}")
+    if current is None:
+        print(f"project {args.project}: no promoted version (the configured models serve it)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""TRAIN_QUEUE=redis://...: training jobs on an RQ queue, trained by `rq worker` on another machine.
+
+The worker imports this module's `run_queued_job`; it reads its settings (MODEL_ROOT shared with the
+serving backends, TRAIN_DEVICE, TRAIN_* sizes) from its own environment, and records the job's state
+on the job board under MODEL_ROOT, where the serving backends read it and find the promoted model.
+
+    TRAIN_QUEUE=redis://gpu-box:6379/0 MODEL_ROOT=/shared/models rq worker ls-yolo-train --url redis://gpu-box:6379/0
+"""
+
+from __future__ import annotations
+
+import logging
+
+from backend.settings import Settings
+from backend.training.run import JobSpec, run_jobs
+
+QUEUE_NAME = "ls-yolo-train"
+JOB_TIMEOUT_S = 24 * 3600
+
+
+def enqueue(url: str, spec: JobSpec) -> str:
+    """Put the job on the queue; returns RQ's job id. Raises redis' errors when the queue is unreachable."""
+    from redis import Redis
+    from rq import Queue
+
+    connection = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    queue = Queue(QUEUE_NAME, connection=connection)
+    job = queue.enqueue(run_queued_job, spec.project, spec.job_id, spec.hostname, spec.token,
+                        job_timeout=JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=7 * 86400,
+                        description=f"train Label Studio project {spec.project}")
+    return job.id
+
+
+def run_queued_job(project: int, job_id: str, hostname: str, token: str) -> None:
+    settings = Settings.load()
+    logging.getLogger("backend.training").setLevel(settings.log_level.upper())
+    run_jobs(settings, JobSpec(project, job_id, hostname, token))

@@ -1,0 +1,182 @@
+"""One training job from start to end, in the process that trains (a local child process or an RQ worker).
+
+    read the project from Label Studio -> YOLO dataset -> fine-tune -> score new and served model on
+    the val split -> promote when not worse, else keep as a rejected candidate
+
+Every step is recorded on the job board (the state /health and /metrics show); an error ends the job
+as `failed` with the reason and the served model stays as it was. Work files live in a folder under
+the project's model folder and are removed at the end; the model files only appear by atomic rename.
+
+`python -m backend.training.run` is the local child process: the job (project, job id, Label Studio
+credentials) arrives as JSON on stdin, the settings in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.label_config import LabelConfig, parse_label_config
+from backend.label_studio import AccessTokens, Credentials
+from backend.settings import Settings
+from backend.training import dataset as datasets
+from backend.training import trainer
+from backend.training.jobs import JobBoard
+from backend.training.registry import ProjectModels, promoted_version_at
+
+logger = logging.getLogger("backend.training")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    project: int
+    job_id: str
+    hostname: str = ""
+    token: str = ""
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return Credentials(self.hostname.rstrip("/"), self.token) if self.hostname or self.token else None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+class _Refused(Exception):
+    pass
+
+
+def run_jobs(settings: Settings, spec: JobSpec) -> None:
+    """Run the job, then the coalesced follow-up jobs triggers asked for meanwhile."""
+    board = JobBoard(settings.model_root_path)
+    job_id: str | None = spec.job_id
+    while job_id is not None:
+        job_id = run_job(settings, JobSpec(spec.project, job_id, spec.hostname, spec.token), board)
+
+
+def run_job(settings: Settings, spec: JobSpec, board: JobBoard) -> str | None:
+    """One job; returns the follow-up job id when another trigger came in while it ran."""
+    if not board.start(spec.project, spec.job_id):
+        logger.info("training job %s of project %d is no longer queued; skipped", spec.job_id, spec.project)
+        return None
+    models = ProjectModels(settings.model_root_path, spec.project)
+    work = models.directory / f".work-{spec.job_id}"
+    _remove_old_work(models.directory, keep=work)
+    started = time.monotonic()
+    try:
+        outcome, message, details = _train_and_publish(settings, spec, board, models, work)
+    except _Refused as exc:
+        outcome, message, details = "refused", str(exc), {}
+    except (datasets.DatasetError, trainer.OutOfMemory) as exc:
+        outcome, message, details = "failed", str(exc), {}
+    except Exception as exc:  # a job must end with a reason, whatever broke
+        logger.exception("training job of project %d failed", spec.project)
+        outcome, message, details = "failed", f"{type(exc).__name__}: {str(exc)[:300]}", {}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log = logger.info if outcome in ("promoted", "rejected") else logger.warning
+    log("training project %d: %s: %s (%.0f s)", spec.project, outcome, message, time.monotonic() - started)
+    return board.finish(spec.project, spec.job_id, outcome, message, seconds=round(time.monotonic() - started, 1),
+                        **details)
+
+
+def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, models: ProjectModels,
+                       work: Path) -> tuple[str, str, dict]:
+    from backend.images import ImageFetcher
+    from backend.models.cache import select_device
+
+    started = time.monotonic()
+    threads = trainer.limit_resources(settings.train_threads)
+    device = settings.train_device or select_device(settings.device)
+    options = trainer.TrainOptions(settings.train_epochs, settings.train_imgsz, settings.train_batch, device, threads)
+    board.progress(spec.project, spec.job_id, "reading tasks")
+    project = datasets.read_project(spec.credentials, spec.project, work, settings.download_timeout)
+    config = parse_label_config(project.label_config)
+    fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root, settings.download_timeout,
+                           settings.max_image_pixels, AccessTokens(timeout=settings.download_timeout),
+                           settings.max_download_bytes)
+    board.progress(spec.project, spec.job_id, "building dataset")
+    try:
+        data = datasets.build_dataset(project, fetcher, spec.credentials, work / "dataset", settings.train_min_images,
+                                      settings.polygon_tolerance)
+    except datasets.TooFewImages as exc:
+        raise _Refused(str(exc)) from None
+    served = served_weights(settings, config, spec.project, data.task)
+    logger.info("training project %d: %d images, %d annotations, classes %s, %s from %s, %d epochs at %d on %s",
+                spec.project, data.images, data.annotations, ", ".join(data.classes), data.task, served.name,
+                options.epochs, options.imgsz, device)
+    board.progress(spec.project, spec.job_id, "training", epoch=0, epochs=options.epochs, images=data.images)
+
+    def on_epoch(epoch: int, epochs: int) -> None:
+        logger.info("training project %d: epoch %d of %d", spec.project, epoch, epochs)
+        board.progress(spec.project, spec.job_id, "training", epoch=epoch, epochs=epochs)
+
+    weights = trainer.train(served, data.yaml_path, work, options, on_epoch)
+    board.progress(spec.project, spec.job_id, "validating")
+    label_of = _label_mapper(config)
+    new = trainer.score(weights, data.yaml_path, data.task, lambda name: name if name in data.classes else None,
+                        work, options)
+    previous = trainer.score(served, data.yaml_path, data.task, label_of, work, options)
+    promote = new.map50_95 >= previous.map50_95
+    version = models.next_version()
+    card = {"version": version, "project": spec.project, "project_title": project.title, "status":
+            "promoted" if promote else "rejected", "task": data.task, "base_model": served.name,
+            "classes": list(data.classes), "images": data.images, "annotations": data.annotations,
+            "images_failed": data.images_failed, "epochs": options.epochs, "imgsz": options.imgsz,
+            "device": device, "map_new": round(new.map50_95, 4), "map_previous": round(previous.map50_95, 4),
+            "map_previous_note": previous.note, "seconds": round(time.monotonic() - started, 1),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = models.publish(version, weights, card, promote)
+    figures = f"val mAP50-95 new {new.map50_95:.4f} vs served {previous.map50_95:.4f} ({served.name}; {previous.note})"
+    details = {"version": version, "map_new": card["map_new"], "map_previous": card["map_previous"]}
+    if promote:
+        return "promoted", f"{path.stem} serves project {spec.project}: {figures}", details
+    return "rejected", f"{path.stem} kept as a rejected candidate, not served: {figures}", details
+
+
+def served_weights(settings: Settings, config: LabelConfig, project: int, task: str) -> Path:
+    """The weights the project's trainable controls of the trained kind use today (the promoted model, else
+    the control's model_path, else YOLO_SEG_MODEL / YOLO_DET_MODEL): the starting point and the baseline."""
+    from backend.models.cache import resolve_model_path
+    from backend.predictor import model_choice
+
+    controls = datasets.trainable_controls(config)
+    control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])
+    choice = model_choice(control, settings, project)
+    return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting)
+
+
+def _label_mapper(config: LabelConfig):  # noqa: ANN202 - model class -> label, as serving maps it
+    controls = datasets.trainable_controls(config)
+
+    def label_of(class_name: str) -> str | None:
+        return next((label for control in controls if (label := control.label_for(class_name))), None)
+
+    return label_of
+
+
+def _remove_old_work(directory: Path, keep: Path) -> None:
+    """Work folders of jobs that were killed (only one job of a project runs at a time)."""
+    if directory.is_dir():
+        for entry in directory.glob(".work-*"):
+            if entry != keep:
+                shutil.rmtree(entry, ignore_errors=True)
+        for entry in directory.glob(".tmp-*"):
+            entry.unlink(missing_ok=True)
+
+
+def main() -> int:
+    spec = JobSpec(**json.loads(sys.stdin.read()))
+    settings = Settings.load()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s [training] %(message)s")
+    run_jobs(settings, spec)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""What a serving worker does about training: answer Label Studio's webhooks, start jobs, report their state.
+
+A trigger is recorded on the job board (shared by all workers through MODEL_ROOT); only the trigger that
+queues a job dispatches it: to a local child process (lower priority, TRAIN_THREADS), or to the RQ
+queue of TRAIN_QUEUE. The webhook is answered at once; training never runs in a serving process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.label_studio import Credentials
+from backend.settings import Settings
+from backend.training.counter import AnnotationCounter
+from backend.training.jobs import JobBoard
+from backend.training.registry import ProjectModels, project_id
+from backend.training.run import JobSpec
+
+logger = logging.getLogger("backend.training")
+
+STATES = ("queued", "running", "promoted", "rejected", "refused", "failed")
+CARD_SUMMARY = ("version", "status", "map_new", "map_previous", "images", "annotations", "epochs", "base_model",
+                "classes", "finished_at")
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_CREATED",
+                     "ANNOTATIONS_DELETED")
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    status: int
+    body: dict
+
+
+class TrainingService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.board = JobBoard(settings.model_root_path)
+        self.counter = AnnotationCounter(settings.model_root_path)
+        self._children: set[subprocess.Popen] = set()
+
+    # ------------------------------------------------------------ webhooks
+
+    def webhook(self, payload: dict, credentials_for: Callable[[int], Credentials | None]) -> WebhookAnswer:
+        """`credentials_for(project id)`: the backend's Label Studio URL and token for that project."""
+        action = payload.get("action")
+        if not isinstance(action, str) or not action:
+            return WebhookAnswer(400, {"error": "'action' must be a non-empty string (a Label Studio webhook event)"})
+        project = payload.get("project")
+        project = project_id(project.get("id") if isinstance(project, dict) else project)
+        if action == "START_TRAINING":
+            if project is None:
+                return WebhookAnswer(400, {"error": "START_TRAINING without a project id ('project.id')"})
+            result = self.trigger(project, "START_TRAINING webhook", credentials_for(project))
+            return WebhookAnswer(201, {"status": result, "action": action, "project": project,
+                                       "job": self.board.state(project)})
+        if action in ANNOTATION_EVENTS and project is not None and self.settings.train_every:
+            count = self.counter.add(project)
+            if count % self.settings.train_every == 0:
+                result = self.trigger(project, f"{count} annotation events (TRAIN_EVERY={self.settings.train_every})",
+                                      credentials_for(project))
+                return WebhookAnswer(201, {"status": result, "action": action, "project": project,
+                                           "annotation_events": count})
+            return WebhookAnswer(201, {"status": "counted", "action": action, "project": project,
+                                       "annotation_events": count})
+        return WebhookAnswer(201, {"status": "ok", "action": action})
+
+    def trigger(self, project: int, reason: str, credentials: Credentials | None) -> str:
+        """Queue a job for the project (or fold the trigger into the active one); returns what happened."""
+        result = self.board.request(project, reason)
+        state = self.board.state(project)
+        if result == "queued":
+            spec = JobSpec(project, state["job_id"], credentials.hostname if credentials else "",
+                           credentials.token if credentials else "")
+            self._dispatch(spec)
+            logger.info("training project %d queued (%s)", project, reason)
+        else:
+            logger.info("training project %d: %s %s into the %s job", project, reason, result, state.get("state"))
+        return result
+
+    def _dispatch(self, spec: JobSpec) -> None:
+        if self.settings.train_queue:
+            from backend.training.rq import enqueue
+
+            try:
+                enqueue(self.settings.train_queue, spec)
+            except Exception as exc:  # redis down: the job must not stay queued forever
+                message = f"cannot reach the training queue TRAIN_QUEUE={self.settings.train_queue}: {exc}"
+                logger.error("training project %d: %s", spec.project, message)
+                self.board.fail_if_unfinished(spec.project, spec.job_id, message)
+            return
+        threading.Thread(target=self._run_child, args=(spec,), name=f"train-p{spec.project}", daemon=True).start()
+
+    def _run_child(self, spec: JobSpec) -> None:
+        """The job in its own process; when the process dies without recording an end, the job fails
+        with the reason, and a trigger that came in meanwhile starts the job again."""
+        env = {**os.environ, **self.settings.as_environ()}
+        while True:
+            process = subprocess.Popen([sys.executable, "-m", "backend.training.run"], stdin=subprocess.PIPE,
+                                       env=env, cwd=Path(__file__).resolve().parents[2])
+            self._children.add(process)
+            try:
+                process.communicate(spec.to_json().encode())
+            finally:
+                self._children.discard(process)
+            code = process.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            follow_up = self.board.fail_if_unfinished(
+                spec.project, spec.job_id, f"the training process {how} before it finished (out of memory?); "
+                                           "the previous model keeps serving")
+            if follow_up is None:
+                return
+            spec = JobSpec(spec.project, follow_up, spec.hostname, spec.token)
+
+    def stop(self) -> None:
+        """End the local training processes this worker started (at shutdown)."""
+        for process in list(self._children):
+            process.terminate()
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> list[dict]:
+        """Job state and promoted version of every project that has trained."""
+        projects = []
+        for state in self.board.all_states():
+            project = int(state.get("project") or 0)
+            promoted = ProjectModels(self.settings.model_root_path, project).promoted()
+            projects.append({key: state.get(key) for key in ("project", "state", "phase", "epoch", "epochs", "message",
+                                                             "version", "map_new", "map_previous", "seconds", "rerun")
+                             if state.get(key) is not None}
+                            | {"promoted_version": promoted.name if promoted else None})
+        return projects
+
+    def versions(self) -> dict[str, list[dict]]:
+        """Every trained version of each project (promoted, rejected), from the model cards."""
+        answer = {}
+        for state in self.board.all_states():
+            project = int(state.get("project") or 0)
+            models = ProjectModels(self.settings.model_root_path, project)
+            promoted = models.promoted()
+            answer[str(project)] = [{key: card.get(key) for key in CARD_SUMMARY}
+                                    | {"name": models.model_path(card["version"]).stem,
+                                       "served": bool(promoted and promoted.version == card["version"])}
+                                    for card in models.cards() if isinstance(card.get("version"), int)]
+        return answer
+
+    def metrics_text(self) -> str:
+        """Prometheus text for the training state of every project (read from MODEL_ROOT: the same in every worker)."""
+        lines = ["# HELP backend_training_job_state Training job state per project (1 for the current state)",
+                 "# TYPE backend_training_job_state gauge"]
+        numbers = []
+        for item in self.status():
+            project = item["project"]
+            for state in STATES:
+                lines.append(f'backend_training_job_state{{project="{project}",state="{state}"}} '
+                             f'{int(item.get("state") == state)}')
+            numbers += [("backend_training_epoch", project, item.get("epoch")),
+                        ("backend_training_epochs", project, item.get("epochs")),
+                        ("backend_training_promoted_version", project,
+                         int(item["promoted_version"].rsplit("-v", 1)[1]) if item.get("promoted_version") else 0),
+                        ("backend_training_val_map_new", project, item.get("map_new")),
+                        ("backend_training_val_map_previous", project, item.get("map_previous"))]
+        for name in dict.fromkeys(name for name, _, _ in numbers):
+            lines.append(f"# TYPE {name} gauge")
+            lines += [f'{name}{{project="{project}"}} {value}' for metric, project, value in numbers
+                      if metric == name and value is not None]
+        return "\n".join(lines) + "\n"

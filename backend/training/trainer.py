@@ -1,0 +1,166 @@
+"""Fine-tuning with Ultralytics and scoring models on a dataset's val split.
+
+Runs inside the training process (never in a serving worker): `limit_resources` lowers its CPU
+priority and thread count first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int
+    imgsz: int
+    batch: int
+    device: str  # cpu | cuda | cuda:N
+    threads: int
+
+
+@dataclass(frozen=True)
+class Score:
+    map50_95: float  # mean over the classes present in the val split; 0 for classes the model cannot output
+    note: str  # how the model's classes were matched to the dataset's
+
+
+def limit_resources(threads: int, niceness: int = 10) -> int:
+    """Lower this process' priority and cap its threads (0: half the cores); returns the thread count."""
+    threads = threads or max(1, (os.cpu_count() or 2) // 2)
+    try:
+        os.nice(niceness)
+    except OSError:
+        logger.warning("training: could not lower the process priority")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+def ultralytics_device(device: str) -> str:
+    if device == "cuda":
+        return "0"
+    return device.split(":", 1)[1] if device.startswith("cuda:") else device
+
+
+def train(base_weights: Path, data_yaml: Path, work_dir: Path, options: TrainOptions,
+          on_epoch: Callable[[int, int], None]) -> Path:
+    """Fine-tune `base_weights` on the dataset; returns the best weights file. The model's class names
+    are the dataset's (Ultralytics replaces the head when the classes differ)."""
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO(str(base_weights))
+
+    def epoch_end(trainer) -> None:  # noqa: ANN001 - Ultralytics' trainer
+        on_epoch(int(trainer.epoch) + 1, int(trainer.epochs))
+
+    def keep_threads(_trainer) -> None:  # noqa: ANN001 - Ultralytics lowers the count when it builds the trainer
+        torch.set_num_threads(options.threads)
+
+    model.add_callback("on_train_start", keep_threads)
+    model.add_callback("on_train_epoch_end", epoch_end)
+    try:
+        model.train(data=str(data_yaml), epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
+                    device=ultralytics_device(options.device), workers=0, project=str(work_dir), name="run",
+                    exist_ok=True, seed=0, deterministic=True, plots=False, verbose=False, val=False,
+                    amp=options.device != "cpu", patience=0)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        raise OutOfMemory(f"out of memory while training ({type(exc).__name__}): lower TRAIN_BATCH or TRAIN_IMGSZ") from None
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise OutOfMemory(f"out of memory while training: lower TRAIN_BATCH or TRAIN_IMGSZ ({str(exc)[:200]})") from None
+        raise
+    weights = work_dir / "run" / "weights"
+    best = weights / "best.pt"
+    return best if best.is_file() else weights / "last.pt"
+
+
+def score(weights: Path, data_yaml: Path, task: str, label_of: Callable[[str], str | None], work_dir: Path,
+          options: TrainOptions) -> Score:
+    """mAP50-95 (masks for segment, boxes for detect) of a model on the dataset's val split.
+
+    The model's classes are matched to the dataset's through `label_of` (model class -> label, as
+    serving maps them), so a model trained on other classes is scored on what it would serve: a class
+    it cannot output scores 0."""
+    from ultralytics import YOLO
+
+    data = yaml.safe_load(data_yaml.read_text())
+    classes = [str(data["names"][i]) for i in sorted(data["names"])]
+    model = YOLO(str(weights))
+    model_names = {int(i): str(name) for i, name in model.names.items()}
+    to_model: dict[int, int] = {}
+    for model_index, name in sorted(model_names.items()):
+        label = label_of(name)
+        if label in classes and classes.index(label) not in to_model:
+            to_model[classes.index(label)] = model_index
+    present = _classes_present(Path(data["path"]) / "labels" / "val")
+    if not present:
+        raise ValueError("the val split has no labelled objects")
+    if not to_model.keys() & present:
+        return Score(0.0, f"{weights.name} outputs none of the labels {', '.join(classes)}")
+    eval_root = work_dir / f"eval-{weights.stem}"
+    eval_yaml = _remapped_val_split(Path(data["path"]), eval_root, to_model, model_names)
+    metrics = model.val(data=str(eval_yaml), split="val", imgsz=options.imgsz, batch=options.batch,
+                        device=ultralytics_device(options.device), workers=0, plots=False, verbose=False,
+                        project=str(work_dir), name=f"val-{weights.stem}", exist_ok=True)
+    metric = metrics.seg if task == "segment" and getattr(metrics, "seg", None) is not None else metrics.box
+    ap_by_model_class = dict(zip((int(c) for c in metric.ap_class_index), (float(a) for a in metric.ap)))
+    total = sum(ap_by_model_class.get(to_model[c], 0.0) for c in present if c in to_model)
+    unknown = sorted(classes[c] for c in present if c not in to_model)
+    note = f"matched {len(present) - len(unknown)} of {len(present)} val classes"
+    shutil.rmtree(eval_root, ignore_errors=True)
+    return Score(total / len(present), note + (f" (cannot output: {', '.join(unknown)})" if unknown else ""))
+
+
+def _classes_present(labels_dir: Path) -> set[int]:
+    present: set[int] = set()
+    for label_file in labels_dir.rglob("*.txt"):
+        for line in label_file.read_text().splitlines():
+            if line.strip():
+                present.add(int(line.split()[0]))
+    return present
+
+
+def _remapped_val_split(dataset_root: Path, eval_root: Path, to_model: dict[int, int], model_names: dict[int, str]) -> Path:
+    """The val split with class ids in the model's numbering (objects of other classes left out: they
+    count as missed through the class average in `score`)."""
+    shutil.rmtree(eval_root, ignore_errors=True)
+    for image in (dataset_root / "images" / "val").rglob("*"):
+        if image.is_file():
+            relative = image.relative_to(dataset_root / "images" / "val")
+            target = eval_root / "images" / "val" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(image, target)
+            except OSError:
+                shutil.copyfile(image, target)
+            source_labels = (dataset_root / "labels" / "val" / relative).with_suffix(".txt")
+            lines = []
+            if source_labels.is_file():
+                for line in source_labels.read_text().splitlines():
+                    parts = line.split()
+                    if parts and int(parts[0]) in to_model:
+                        lines.append(" ".join([str(to_model[int(parts[0])])] + parts[1:]))
+            label_target = (eval_root / "labels" / "val" / relative).with_suffix(".txt")
+            label_target.parent.mkdir(parents=True, exist_ok=True)
+            label_target.write_text("".join(line + "\n" for line in lines))
+    eval_yaml = eval_root / "data.yaml"
+    eval_yaml.write_text(yaml.safe_dump({"path": str(eval_root.resolve()), "train": "images/val", "val": "images/val",
+                                         "names": model_names}, sort_keys=False, allow_unicode=True))
+    return eval_yaml

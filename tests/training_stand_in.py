@@ -1,0 +1,100 @@
+"""Training test data: demo shapes annotated with labels the demo models do not know, and a stand-in for
+the two Label Studio API calls a training job makes (project details, JSON export) plus its uploads.
+
+The shapes keep their geometry; only their names change (circle -> disc, square -> box, triangle ->
+wedge), so a model that learns them is told apart from the start-up model, which answers none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Sequence
+
+import cv2
+
+from backend.geometry import mask_to_polygons
+from tests.fake_label_studio import LoopbackServer, QuietHandler
+from tools.shapes_dataset import generate_image
+
+TOKEN = "training-stand-in-token"
+RENAMED = ("disc", "box", "wedge")  # tools.shapes_dataset.CLASS_NAMES, renamed
+TRAINING_CONFIG = ("<View><Image name=\"image\" value=\"$image\"/>"
+                   "<PolygonLabels name=\"poly\" toName=\"image\">"
+                   + "".join(f"<Label value=\"{name}\"/>" for name in RENAMED) + "</PolygonLabels></View>")
+
+
+def shapes_png(seed: int) -> bytes:
+    ok, encoded = cv2.imencode(".png", generate_image(seed).image)
+    assert ok
+    return encoded.tobytes()
+
+
+def polygon_regions(seed: int, from_name: str = "poly") -> list[dict]:
+    """The shapes of image `seed` as Label Studio polygon regions (percent coordinates), renamed labels."""
+    sample = generate_image(seed)
+    height, width = sample.image.shape[:2]
+    regions = []
+    for index, instance in enumerate(sample.instances):
+        for part, polygon in enumerate(mask_to_polygons(instance.mask)):
+            points = [[float(x) * 100 / width, float(y) * 100 / height] for x, y in polygon]
+            regions.append({"id": f"s{seed}-{index}-{part}", "from_name": from_name, "to_name": "image",
+                            "type": "polygonlabels", "original_width": width, "original_height": height,
+                            "value": {"points": points, "polygonlabels": [RENAMED[instance.class_id]]}})
+    return regions
+
+
+def annotated_task(task_id: int, seed: int, image_url: str) -> dict:
+    return {"id": task_id, "data": {"image": image_url},
+            "annotations": [{"id": task_id * 10, "result": polygon_regions(seed), "was_cancelled": False,
+                             "created_at": "2026-11-28T00:00:00Z", "updated_at": "2026-11-28T00:00:00Z"}],
+            "predictions": []}
+
+
+class TrainingLabelStudio(LoopbackServer):
+    """Project `project_id` with one annotated task per seed, images at /data/upload/<project>/shapes-<seed>.png.
+    `fail_with` answers every API request with that status (401: a wrong token); `broken_seeds` serve
+    bytes that are not an image."""
+
+    def __init__(self, project_id: int, seeds: Sequence[int], label_config: str = TRAINING_CONFIG,
+                 token: str = TOKEN, broken_seeds: Sequence[int] = ()) -> None:
+        self.project_id = project_id
+        self.label_config = label_config
+        self.token = token
+        self.fail_with: int | None = None
+        self.requests: Counter = Counter()
+        self._lock = threading.Lock()
+        self.files = {f"shapes-{seed}.png": (b"not a png" if seed in broken_seeds else shapes_png(seed)) for seed in seeds}
+        self.tasks = [annotated_task(1000 + i, seed, f"/data/upload/{project_id}/shapes-{seed}.png")
+                      for i, seed in enumerate(seeds)]
+        fake = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                fake.handle(self)
+
+        super().__init__(Handler)
+
+    def handle(self, handler: QuietHandler) -> None:
+        path = handler.path.split("?", 1)[0]
+        with self._lock:
+            self.requests[path] += 1
+        if handler.headers.get("Authorization") != f"Token {self.token}":
+            return _json(handler, 401, {"detail": "Authentication credentials were not provided."})
+        if self.fail_with is not None:
+            return _json(handler, self.fail_with, {"detail": "stand-in fault"})
+        if path == f"/api/projects/{self.project_id}/":
+            return _json(handler, 200, {"id": self.project_id, "title": "training stand-in",
+                                        "label_config": self.label_config})
+        if path == f"/api/projects/{self.project_id}/export":
+            return _json(handler, 200, self.tasks)
+        match = re.fullmatch(rf"/data/upload/{self.project_id}/(.+)", path)
+        if match and match.group(1) in self.files:
+            return handler.reply(200, self.files[match.group(1)])
+        return _json(handler, 404, {"detail": "not found"})
+
+
+def _json(handler: QuietHandler, status: int, body: object) -> None:
+    handler.reply(status, json.dumps(body).encode())
