@@ -18,6 +18,7 @@ import requests
 from PIL import Image, ImageOps
 
 from backend.label_studio import AccessTokens, Credentials
+from backend.url_policy import AddressPolicy, AddressRefused, GuardedAdapter, HostGuard
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,16 @@ class DownloadTooLarge(requests.RequestException):
 
 
 class _LimitedSession(requests.Session):
-    """Every request gets a timeout; a successful streamed body is read here, up to `max_bytes`."""
+    """Every request gets a timeout and, with a guard, connects only to addresses it allows; a successful
+    streamed body is read here, up to `max_bytes`."""
 
-    def __init__(self, timeout: float, max_bytes: int) -> None:
+    def __init__(self, timeout: float, max_bytes: int, guard: HostGuard | None) -> None:
         super().__init__()
         self._timeout = timeout
         self._max_bytes = max_bytes
+        if guard is not None:
+            for prefix in ("http://", "https://"):
+                self.mount(prefix, GuardedAdapter(guard))
 
     def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
         kwargs.setdefault("timeout", self._timeout)
@@ -95,16 +100,22 @@ def url_kind(url: str) -> str:
 
 
 class ImageFetcher:
-    """Fetch (with an on-disk cache) and decode task images."""
+    """Fetch (with an on-disk cache) and decode task images.
+
+    `address_policy` says which hosts downloads may reach (default: public addresses and Label Studio);
+    None lets them reach any address, for the dataset tools that a user runs on their own exports.
+    """
 
     def __init__(self, cache_dir: Path, local_files_root: str, timeout: float, max_pixels: int,
-                 tokens: AccessTokens, max_download_bytes: int) -> None:
+                 tokens: AccessTokens, max_download_bytes: int,
+                 address_policy: AddressPolicy | None = AddressPolicy()) -> None:
         self._cache_dir = cache_dir
         self._local_root = Path(local_files_root).expanduser().resolve() if local_files_root else None
         self._timeout = timeout
         self._max_pixels = max_pixels
         self._tokens = tokens
         self._max_download_bytes = max_download_bytes
+        self._address_policy = address_policy
 
     def fetch(self, url: str, task_id: int | None, credentials: Credentials | None) -> Path:
         """Local path of the image behind `url`, downloading it into the cache if needed."""
@@ -118,12 +129,17 @@ class ImageFetcher:
                              "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
         token = self._tokens.bearer_or_legacy(credentials) if credentials and credentials.token else None
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        session = _LimitedSession(self._timeout, self._max_download_bytes)
+        guard = self._address_policy.guard(credentials.hostname if credentials else None) if self._address_policy else None
+        session = _LimitedSession(self._timeout, self._max_download_bytes, guard)
         try:
+            if guard is not None and kind == "http":
+                guard.check_url(url)  # before the SDK, whose download cache would answer without connecting
             with ls_io.http_session(session), ls_io.local_files_resolver(None):
                 path = ls_io.get_local_path(url, cache_dir=str(self._cache_dir),
                                             hostname=credentials.hostname if credentials else None,
                                             access_token=token, task_id=task_id, download_resources=True)
+        except AddressRefused as exc:
+            raise ImageError(f"refused to download '{url[:200]}': {exc}") from None
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}") from None

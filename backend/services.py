@@ -21,6 +21,7 @@ from backend.metrics import Metrics
 from backend.models.cache import ModelCache, ModelPathError, select_device
 from backend.predictor import BatchPredictor, ModelChoice, YoloModels, model_choice
 from backend.settings import Settings
+from backend.url_policy import AddressPolicy
 from backend.training.service import TrainingService
 from backend.versions import join_tags, model_tag
 
@@ -126,7 +127,8 @@ def build_services(settings: Settings) -> Services:
     tokens = AccessTokens(timeout=settings.download_timeout)
     fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root,
                            settings.download_timeout, settings.max_image_pixels, tokens,
-                           settings.max_download_bytes)
+                           settings.max_download_bytes,
+                           AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts))
     yolo = YoloModels(settings, cache, device)
     metrics = Metrics()
     interactive = None

@@ -61,6 +61,8 @@ class Settings:
     max_image_pixels: int = _setting(100_000_000, "Images with more pixels are refused (decompression bombs).")
     max_download_bytes: int = _setting(100_000_000, "Image downloads larger than this are abandoned (bytes, after gzip decoding).")
     max_request_bytes: int = _setting(20_000_000, "Request bodies larger than this get 413.")
+    allow_private_urls: bool = _setting(False, "Let task image URLs reach loopback, private, link-local and reserved addresses (Label Studio's own host always may; cloud metadata addresses only through ALLOWED_URL_HOSTS).")
+    allowed_url_hosts: str = _setting("", "Hosts task image URLs may reach even on private addresses: names, `*.domain`, addresses or CIDRs, comma-separated (on-premise storage).")
     # Server
     basic_auth_user: str = _setting("", "Basic auth user; with BASIC_AUTH_PASS, every endpoint requires it.")
     basic_auth_pass: str = _setting("", "Basic auth password.")
@@ -113,6 +115,12 @@ class Settings:
         if self.model_name and self.model_name not in {"sam", "mobile_sam", "sam_hq"}:
             raise SettingsError(f"MODEL_NAME must be sam, mobile_sam or sam_hq, not '{self.model_name}'")
         _validate_training(self)
+        try:
+            from backend.url_policy import AllowList
+
+            AllowList.parse(self.allowed_url_hosts)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 

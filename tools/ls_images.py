@@ -193,10 +193,11 @@ class ImageLocator:
 
             # Local Storage files are looked up by local_candidates, so the fetcher only downloads
             # (and never decodes: its pixel limit does not apply here). The export is the user's own
-            # data, so no download size limit either.
+            # data, so no download size limit either, and no address policy (its URLs may name the
+            # user's own storage on a private network).
             unlimited = 1 << 62
             self._fetcher = ImageFetcher(self._download_dir, "", self._sources.timeout, unlimited,
-                                         AccessTokens(timeout=self._sources.timeout), unlimited)
+                                         AccessTokens(timeout=self._sources.timeout), unlimited, address_policy=None)
         return self._fetcher
 
 
