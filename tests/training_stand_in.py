@@ -85,10 +85,10 @@ class TrainingLabelStudio(LoopbackServer):
             return _json(handler, 401, {"detail": "Authentication credentials were not provided."})
         if self.fail_with is not None:
             return _json(handler, self.fail_with, {"detail": "stand-in fault"})
-        if path == f"/api/projects/{self.project_id}/":
-            return _json(handler, 200, {"id": self.project_id, "title": "training stand-in",
+        if project := re.fullmatch(r"/api/projects/(\d+)/", path):  # every project id has the same tasks
+            return _json(handler, 200, {"id": int(project.group(1)), "title": "training stand-in",
                                         "label_config": self.label_config})
-        if path == f"/api/projects/{self.project_id}/export":
+        if re.fullmatch(r"/api/projects/\d+/export", path):
             return _json(handler, 200, self.tasks)
         match = re.fullmatch(rf"/data/upload/{self.project_id}/(.+)", path)
         if match and match.group(1) in self.files:

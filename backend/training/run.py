@@ -174,6 +174,7 @@ def main() -> int:
     spec = JobSpec(**json.loads(sys.stdin.read()))
     settings = Settings.load()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s [training] %(message)s")
+    logging.getLogger("label_studio_sdk").setLevel(logging.WARNING)  # a line per downloaded image otherwise
     run_jobs(settings, spec)
     return 0
 

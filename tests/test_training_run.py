@@ -1,0 +1,207 @@
+"""Training jobs for real (tiny: 3 epochs at 160 px on demo shapes renamed disc/box/wedge) and their faults."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.app import build_services, create_app
+from backend.label_studio import Credentials
+from backend.settings import Settings
+from backend.training import trainer
+from backend.training.jobs import FINISHED, JobBoard
+from backend.training.registry import ProjectModels
+from backend.training.run import JobSpec, run_job
+from backend.training.service import TrainingService
+from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT
+from tests.training_stand_in import RENAMED, TOKEN, TRAINING_CONFIG, TrainingLabelStudio, shapes_png
+from tools.shapes_dataset import generate_image
+
+pytestmark = pytest.mark.slow
+
+TRAIN_SEEDS = range(6000, 6030)
+BROKEN_SEED = 6007
+HELD_OUT_SEEDS = range(7000, 7012)
+TINY = {"train_epochs": 3, "train_imgsz": 160, "train_batch": 8, "train_min_images": 10, "device": "cpu"}
+
+
+@dataclass
+class Trained:
+    settings: Settings
+    root: Path
+    client: TestClient
+    ls: TrainingLabelStudio
+    images: Path
+
+
+def tiny_settings(root: Path, cache: Path, images: Path, **overrides: object) -> Settings:
+    values = {"model_root": str(root), "yolo_det_model": DEMO_DET, "yolo_seg_model": DEMO_SEG, "cache_dir": str(cache),
+              "local_files_document_root": str(images), "model_score_threshold": 0.25, **TINY, **overrides}
+    return Settings.load(values, environ={})
+
+
+def wait_finished(board: JobBoard, project: int, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = board.state(project)
+        if state.get("state") in FINISHED and not state.get("rerun"):
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"job of project {project} did not finish: {board.state(project)}")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """Project 12 trained once through the local child process, as a START_TRAINING webhook does."""
+    base = tmp_path_factory.mktemp("training")
+    root, images = base / "models", base / "images"
+    root.mkdir()
+    images.mkdir()
+    for name in (DEMO_DET, DEMO_SEG):
+        shutil.copyfile(MODELS_DIR / name, root / name)
+    for seed in HELD_OUT_SEEDS:
+        (images / f"shapes-{seed}.png").write_bytes(shapes_png(seed))
+    settings = tiny_settings(root, base / "cache", images)
+    with TrainingLabelStudio(12, TRAIN_SEEDS, broken_seeds=[BROKEN_SEED]) as ls:
+        service = TrainingService(settings)
+        assert service.trigger(12, "test", Credentials(ls.url, TOKEN)) == "queued"
+        wait_finished(service.board, 12)
+        with TestClient(create_app(settings, build_services(settings))) as client:
+            yield Trained(settings, root, client, ls, images)
+
+
+def predict(client: TestClient, project: str, seeds: range) -> dict:
+    tasks = [{"id": seed, "data": {"image": f"/data/local-files/?d=shapes-{seed}.png"}} for seed in seeds]
+    response = client.post("/predict", json={"tasks": tasks, "label_config": TRAINING_CONFIG, "project": project})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def recovered_fraction(results: list[dict], seeds: range) -> float:
+    """Share of the held-out shapes found with the right label (box IoU >= 0.5)."""
+    found = total = 0
+    for result, seed in zip(results, seeds):
+        sample = generate_image(seed)
+        size = sample.image.shape[0]
+        boxes = [(region["value"]["polygonlabels"][0], _box(np.array(region["value"]["points"]) * size / 100))
+                 for region in result["result"]]
+        for instance in sample.instances:
+            ys, xs = np.nonzero(instance.mask)
+            if not len(xs):
+                continue
+            truth = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            total += 1
+            found += any(label == RENAMED[instance.class_id] and _iou(box, truth) >= 0.5 for label, box in boxes)
+    return found / total
+
+
+def _box(points: np.ndarray) -> tuple[float, ...]:
+    return (*points.min(axis=0), *points.max(axis=0))
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def test_job_promotes_a_model_that_serves_the_new_labels_of_its_project_only(trained: Trained) -> None:
+    state = JobBoard(trained.root).state(12)
+    assert state["state"] == "promoted", state
+    card = ProjectModels(trained.root, 12).card(1)
+    assert card["classes"] == list(RENAMED) and card["task"] == "segment" and card["base_model"] == DEMO_SEG
+    assert card["images"] == len(TRAIN_SEEDS) - 1 and card["images_failed"] == 1  # the broken image is left out
+    assert card["map_previous"] == 0.0 and card["map_new"] > 0.2
+    answer = predict(trained.client, "12.1700000000", HELD_OUT_SEEDS)
+    assert all(r["model_version"].startswith("p12-v1@") for r in answer["results"])
+    # 3 epochs on 29 images find about a quarter of the held-out shapes (0.26 measured; the start-up model: none);
+    # the end-to-end test trains longer and states a higher figure.
+    assert recovered_fraction(answer["results"], HELD_OUT_SEEDS) >= 0.15
+    other = predict(trained.client, "13.1700000000", HELD_OUT_SEEDS)  # the start-up model knows none of the labels
+    assert all(r["result"] == [] and not r["model_version"].startswith("p12") for r in other["results"])
+    assert trained.client.get("/health").json()["training"][0]["promoted_version"] == "p12-v1"
+    assert not [p for p in ProjectModels(trained.root, 12).directory.iterdir() if p.name.startswith((".work", ".tmp"))]
+
+
+def test_a_restarted_backend_serves_the_promoted_version(trained: Trained) -> None:
+    version = predict(trained.client, "12.1700000000", range(7000, 7001))["results"][0]["model_version"]
+    script = ("from backend.label_config import parse_label_config; from backend.services import build_services\n"
+              "from backend.settings import Settings; from tests.training_stand_in import TRAINING_CONFIG\n"
+              "print(build_services(Settings.load()).model_version(parse_label_config(TRAINING_CONFIG), '12.17'))")
+    env = {**os.environ, **trained.settings.as_environ()}
+    output = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert output.stdout.strip().splitlines()[-1] == version, output.stderr[-2000:]
+
+
+def test_a_worse_model_is_kept_as_a_rejected_candidate(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    worse = trained.root / "worse.pt"  # a model that cannot output the project's labels
+    shutil.copyfile(trained.root / DEMO_SEG, worse)
+    monkeypatch.setattr(trainer, "limit_resources", lambda threads: 1)
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: worse)
+    board = JobBoard(trained.root)
+    assert board.request(12, "test") == "queued"
+    run_job(trained.settings, JobSpec(12, board.state(12)["job_id"], trained.ls.url, TOKEN), board)
+    state = board.state(12)
+    assert state["state"] == "rejected" and "new 0.0000" in state["message"], state
+    models = ProjectModels(trained.root, 12)
+    assert models.card(2)["status"] == "rejected" and models.promoted().version == 1
+    version = predict(trained.client, "12.1700000000", range(7000, 7001))["results"][0]["model_version"]
+    assert version.startswith("p12-v1@")
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("unreachable", "is unreachable"), ("token", "refused the API key (HTTP 401)"),
+    ("few", "annotated image(s) usable, TRAIN_MIN_IMAGES=40"), ("500", "answered HTTP 500")])
+def test_job_faults_end_with_a_reason_and_nothing_published(trained: Trained, monkeypatch: pytest.MonkeyPatch,
+                                                            fault: str, expected: str) -> None:
+    monkeypatch.setattr(trainer, "limit_resources", lambda threads: 1)
+    settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_min_images=40)
+    board = JobBoard(trained.root)
+    url, token = trained.ls.url, TOKEN
+    if fault == "unreachable":
+        url = "http://127.0.0.1:9"  # discard port: connection refused
+    elif fault == "token":
+        token = "wrong-token"
+    elif fault == "500":
+        monkeypatch.setattr(trained.ls, "fail_with", 500)
+    before = sorted(p.name for p in ProjectModels(trained.root, 12).directory.iterdir())
+    assert board.request(12, "test") == "queued"
+    run_job(settings, JobSpec(12, board.state(12)["job_id"], url, token), board)
+    state = board.state(12)
+    assert state["state"] == ("refused" if fault == "few" else "failed") and expected in state["message"], state
+    assert sorted(p.name for p in ProjectModels(trained.root, 12).directory.iterdir()) == before
+    assert ProjectModels(trained.root, 12).promoted().version == 1
+
+
+def test_killed_training_process_fails_the_job_and_it_can_run_again(trained: Trained) -> None:
+    settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_epochs=30)
+    service = TrainingService(settings)
+    credentials = Credentials(trained.ls.url, TOKEN)
+    assert service.trigger(14, "test", credentials) == "queued"
+    deadline = time.monotonic() + 120
+    while (state := service.board.state(14)).get("phase") != "training" or not state.get("epoch"):
+        assert time.monotonic() < deadline and state["state"] in ("queued", "running"), state
+        time.sleep(0.2)
+    os.kill(state["runner"]["pid"], signal.SIGKILL)
+    state = wait_finished(service.board, 14, 60)
+    assert state["state"] == "failed" and "killed by signal 9" in state["message"], state
+    models = ProjectModels(trained.root, 14)
+    assert models.versions() == [] and models.promoted() is None
+    quick = TrainingService(tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_epochs=1))
+    assert quick.trigger(14, "again", credentials) == "queued"
+    state = wait_finished(quick.board, 14)
+    assert state["state"] == "promoted" and models.promoted().version == 1
+    assert not [p for p in models.directory.iterdir() if p.name.startswith((".work", ".tmp"))]
