@@ -1,0 +1,153 @@
+"""The backend's models as a CVAT auto-annotation function (cvat-sdk's detection function protocol).
+
+    cvat-cli --server-host URL task auto-annotate TASK_ID --function-module tools.cvat_function \\
+        -p model_root=str:./models -p yolo_seg_model=str:yolov8n-seg.pt -p shape=str:masks
+
+cvat-cli passes the `-p NAME=TYPE:VALUE` parameters to `create(**parameters)`: the backend's
+settings (the README's `--with` keys), `config` (a TOML file of them, as `annotate_dir --config`),
+`model` (a .pt file, or a name in MODEL_ROOT) and `shape` (boxes, polygons or masks). Every frame
+goes through the backend's own batch predictor with a labeling config made of the model's class
+names, and each Label Studio region it answers becomes a CVAT shape through backend.geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import cvat_sdk.auto_annotation as cvataa
+import numpy as np
+import PIL.Image
+from cvat_sdk import models
+
+from backend.geometry import ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
+from backend.label_config import LabelConfig, parse_label_config
+from backend.settings import Settings
+from tools.annotate_dir import (SHAPE_TAGS, AnnotateError, AnnotateOptions, annotate_settings, label_config_xml, load_toml_settings,
+                               local_files_url)
+
+try:  # cvat-cli reports a CriticalError as one line and exits 1; any other exception is a traceback
+    from cvat_cli._internal.common import CriticalError
+except ImportError:  # the SDK alone (cvat-sdk without cvat-cli)
+    _ERROR_BASES: tuple[type[Exception], ...] = (ValueError,)
+else:
+    _ERROR_BASES = (ValueError, CriticalError)
+
+CVAT_LABEL_TYPES = {"boxes": "rectangle", "polygons": "polygon", "masks": "mask"}
+FUNCTION_PARAMETERS = ("config", "model", "shape")  # the -p keys that are not backend settings
+SHAPE_TASKS = ("detect", "segment")  # YOLO tasks whose regions CVAT rectangles, polygons and masks hold
+
+logger = logging.getLogger(__name__)
+
+
+class CvatFunctionError(*_ERROR_BASES):
+    """Bad parameters or models for the function; the message says what to change."""
+
+
+class BackendDetectionFunction:
+    """A CVAT detection function answering with the backend's predictions for one model and shape."""
+
+    def __init__(self, services: Any, class_names: list[str], shape: str, frames: tempfile.TemporaryDirectory) -> None:
+        self.shape = shape
+        self._services = services  # backend.services.Services whose LOCAL_FILES_DOCUMENT_ROOT is `frames`
+        self._class_names = class_names
+        self._label_ids = {name: index for index, name in enumerate(class_names)}
+        self._frames = frames  # removed with the function
+
+    @cached_property
+    def spec(self) -> cvataa.DetectionFunctionSpec:
+        label_type = CVAT_LABEL_TYPES[self.shape]
+        return cvataa.DetectionFunctionSpec(labels=[
+            cvataa.label_spec(name, label_id, type=label_type) for name, label_id in self._label_ids.items()])
+
+    def label_config(self, shape: str, conf_threshold: float | None = None) -> LabelConfig:
+        """The labeling config the backend answers for `shape`; a threshold replaces MODEL_SCORE_THRESHOLD."""
+        config = parse_label_config(label_config_xml(self._class_names, shape))
+        if conf_threshold is None:
+            return config
+        return dataclasses.replace(config, controls=tuple(
+            dataclasses.replace(control, score_threshold=conf_threshold) for control in config.controls))
+
+    def detect(self, context: cvataa.DetectionFunctionContext, image: PIL.Image.Image) -> list[models.LabeledShapeRequest]:
+        shape = "polygons" if self.shape == "masks" and context.conv_mask_to_poly else self.shape
+        config = self.label_config(shape, context.conf_threshold)
+        # The frame reaches the predictor as the backend reads any image: a Local Storage file.
+        frame = Path(self._frames.name) / f"{uuid.uuid4().hex}.bmp"
+        image.convert("RGB").save(frame)
+        try:
+            task = {"id": context.frame_name, "data": {"image": local_files_url(frame.name)}}
+            [prediction] = self._services.predictor.predict([task], config, None, model_version="")
+        finally:
+            frame.unlink(missing_ok=True)
+        return [region_shape(region, self._label_ids) for region in prediction["result"]]
+
+
+def region_shape(region: Mapping[str, Any], label_ids: Mapping[str, int]) -> models.LabeledShapeRequest:
+    """A Label Studio rectangle, polygon or brush region -> the CVAT shape of the same pixels."""
+    value, kind = region["value"], region["type"]
+    width, height = region["original_width"], region["original_height"]
+    label_id = label_ids[value[kind][0]]
+    if kind == "rectanglelabels":
+        points, rotation = ls_rect_to_cvat_rectangle(value, width, height)
+        return cvataa.rectangle(label_id, points, rotation=rotation)
+    if kind == "polygonlabels":
+        return cvataa.polygon(label_id, percent_to_pixels(np.asarray(value["points"]), width, height).ravel().tolist())
+    if kind == "brushlabels":
+        return cvataa.mask(label_id, mask_to_cvat_rle(ls_rle_to_mask(value["rle"], width, height)))
+    raise ValueError(f"no CVAT shape for a Label Studio '{kind}' region")
+
+
+def create(**parameters: Any) -> BackendDetectionFunction:
+    """The function for cvat-cli's `-p` parameters; raises CvatFunctionError with one sentence on bad usage."""
+    from backend.models.cache import ModelPathError
+    from backend.predictor import ModelChoice
+    from backend.services import build_services
+    from backend.settings import SettingsError
+
+    known = {field.name for field in dataclasses.fields(Settings)}
+    unknown = sorted(key for key in parameters if key not in known and key not in FUNCTION_PARAMETERS)
+    if unknown:
+        raise CvatFunctionError(
+            f"unknown -p parameter '{unknown[0]}': use {', '.join(FUNCTION_PARAMETERS)} or a backend setting "
+            "(the README's `--with` keys, e.g. model_root, yolo_seg_model, model_score_threshold, yolo_sam)")
+    shape = parameters.get("shape")
+    if shape is not None and shape not in SHAPE_TAGS:
+        raise CvatFunctionError(f"-p shape must be {', '.join(SHAPE_TAGS)}, not '{shape}'")
+    settings_values: dict[str, Any] = {}
+    try:
+        if parameters.get("config"):
+            settings_values.update(load_toml_settings(Path(parameters["config"])))
+    except AnnotateError as exc:
+        raise CvatFunctionError(str(exc).replace("--config", "-p config")) from None
+    settings_values.update((key, value) for key, value in parameters.items() if key not in FUNCTION_PARAMETERS)
+    # One model answers: the one named alone, else the detection model for boxes, the segmentation model otherwise.
+    named = {key for key in ("yolo_det_model", "yolo_seg_model") if key in settings_values}
+    use_det_model = named == {"yolo_det_model"} or (shape == "boxes" and named != {"yolo_seg_model"})
+    frames_dir = tempfile.TemporaryDirectory(prefix="cvat-frames-")  # where each frame is read from
+    options = AnnotateOptions(Path(frames_dir.name), model=parameters.get("model"),
+                              shape="boxes" if use_det_model else None, overrides=tuple(settings_values.items()))
+    try:
+        settings = annotate_settings(options, dict(os.environ))
+        services = build_services(settings)
+        setting = "-p model" if parameters.get("model") else "YOLO_DET_MODEL" if use_det_model else "YOLO_SEG_MODEL"
+        model = services.yolo.get(ModelChoice(settings.yolo_seg_model, setting))
+    except (AnnotateError, ModelPathError, SettingsError, ImportError, OSError) as exc:
+        raise CvatFunctionError(str(exc)) from None
+    if model.task not in SHAPE_TASKS:
+        raise CvatFunctionError(f"'{model.path.name}' is a YOLO '{model.task}' model, whose results CVAT rectangles, "
+                                "polygons and masks cannot hold: use a detection or segmentation model")
+    segments_boxes = settings.yolo_sam and services.interactive is not None
+    shape = shape or ("polygons" if model.has_masks or segments_boxes else "boxes")
+    if shape != "boxes" and not (model.has_masks or segments_boxes):
+        raise CvatFunctionError(
+            f"'{model.path.name}' is a detection model: use -p shape=str:boxes, a segmentation model, or SAM masks "
+            "for its boxes (-p yolo_sam=bool:true -p model_name=str:sam -p sam_checkpoint_file=str:FILE)")
+    logger.info("CVAT function: %s answers %s (%s)", model.path.name, shape, ", ".join(model.class_names))
+    return BackendDetectionFunction(services, list(model.class_names), shape, frames_dir)
