@@ -21,7 +21,7 @@ from backend.label_config import Control, LabelConfig
 from backend.label_studio import Credentials
 from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
 from backend.mask_crop import MaskCrops
-from backend.models.yolo import Detections, PreparedBatch, YoloModel
+from backend.models.yolo import Detections, PreparedBatch, YoloModel, preparing_thread
 from backend.regions import mask_regions, prediction, rectangle_region
 from backend.settings import Settings
 from backend.versions import file_fingerprint
@@ -118,7 +118,7 @@ class BatchPredictor:
         # A bounded pipeline: while one chunk of tasks runs through the models, the next is fetched,
         # decoded and letterboxed; at most two chunks of images are held at a time.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as fetch_pool, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as prepare_pool:
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare", initializer=preparing_thread) as prepare_pool:
             def prepare(chunk: range) -> list[ModelBatch]:
                 return self._prepare_chunk(tasks, chunk, plan, data_keys, credentials, fetch_pool)
 

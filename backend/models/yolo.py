@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("detect", "segment")
 
+# torch's intra-op threads for inference: the process' own count (OMP_NUM_THREADS, else torch's default,
+# the physical cores), read at import. Ultralytics' CPU device setup lowers the count to cores - 1 (a
+# training habit) in whichever thread sets up a predictor, so a count read later, in a worker thread
+# that already set up another model, could be that one.
+INFERENCE_THREADS = torch.get_num_threads()
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -46,9 +52,6 @@ class YoloModel:
     def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
         from ultralytics import YOLO
 
-        # Ultralytics' CPU device setup lowers torch's thread count to cores - 1 (a training habit) in
-        # whichever thread first predicts; inference here keeps the process' own count (OMP_NUM_THREADS).
-        self._torch_threads = torch.get_num_threads()
         if not path.is_file() and not is_downloadable_asset(path.name):
             raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
         try:
@@ -88,21 +91,29 @@ class YoloModel:
         """Letterbox the images into one input tensor (Ultralytics' own preprocessing). Needs no lock:
         a pipeline prepares the next batch while `infer` runs the current one."""
         predictor = self._setup()
-        # Ultralytics takes numpy images as BGR, like OpenCV.
-        batch = [np.ascontiguousarray(image[:, :, ::-1]) for image in images_rgb]
+        # Ultralytics takes BGR images and swaps the channels of the small letterboxed tensor; letterboxing
+        # treats channels alike, so RGB images go in as they are and the tensor's channels are swapped back
+        # (the same tensor, without copying each full-size image into BGR first).
         with torch.inference_mode():
-            return PreparedBatch(predictor.preprocess(batch), [image.shape for image in batch])
+            tensor = predictor.preprocess([np.asarray(image) for image in images_rgb]).flip(1)
+        return PreparedBatch(tensor, [image.shape for image in images_rgb])
 
     def infer(self, prepared: PreparedBatch, conf: float) -> list[Detections]:
         """Forward pass, NMS (Ultralytics' own) and, for segmentation models, each object's retina mask
         computed inside its box only (backend/models/yolo_masks.py)."""
         predictor = self._setup()
         with self._lock, torch.inference_mode():
-            torch.set_num_threads(self._torch_threads)
+            torch.set_num_threads(INFERENCE_THREADS)
             predictor.args.conf = conf
             preds = predictor.inference(prepared.tensor)
-            # Shapes stand in for the original images: postprocess reads nothing else of them.
-            return predictor.postprocess(preds, prepared.tensor, [np.empty(shape, np.uint8) for shape in prepared.shapes])
+            # NMS and the per-object masks are many small operations, faster on one thread than on a
+            # team that has to be woken for each (several times faster on a busy 2-core machine).
+            torch.set_num_threads(1)
+            try:
+                # Shapes stand in for the original images: postprocess reads nothing else of them.
+                return predictor.postprocess(preds, prepared.tensor, [np.empty(shape, np.uint8) for shape in prepared.shapes])
+            finally:
+                torch.set_num_threads(INFERENCE_THREADS)
 
     def _setup(self):  # noqa: ANN202 - an Ultralytics predictor
         """Ultralytics' predictor, configured by one `predict` call on a blank image (which also warms it
@@ -142,6 +153,12 @@ class YoloModel:
                 masks=masks,
             ))
         return found
+
+
+def preparing_thread() -> None:
+    """Initializer of a thread that letterboxes batches while another runs inference: one torch thread,
+    so the light preprocessing does not contend with the inference's threads for the cores."""
+    torch.set_num_threads(1)
 
 
 def is_downloadable_asset(name: str) -> bool:
