@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -25,8 +24,8 @@ from backend.training.registry import ProjectModels
 from backend.training.run import JobSpec, run_job
 from backend.training.service import TrainingService
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT
-from tests.training_stand_in import RENAMED, TOKEN, TRAINING_CONFIG, TrainingLabelStudio, shapes_png
-from tools.shapes_dataset import generate_image
+from tests.training_stand_in import (RENAMED, TOKEN, TRAINING_CONFIG, TrainingLabelStudio, recovered_fraction,
+                                     shapes_png)
 
 pytestmark = pytest.mark.slow
 
@@ -86,35 +85,6 @@ def predict(client: TestClient, project: str, seeds: range) -> dict:
     response = client.post("/predict", json={"tasks": tasks, "label_config": TRAINING_CONFIG, "project": project})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def recovered_fraction(results: list[dict], seeds: range) -> float:
-    """Share of the held-out shapes found with the right label (box IoU >= 0.5)."""
-    found = total = 0
-    for result, seed in zip(results, seeds):
-        sample = generate_image(seed)
-        size = sample.image.shape[0]
-        boxes = [(region["value"]["polygonlabels"][0], _box(np.array(region["value"]["points"]) * size / 100))
-                 for region in result["result"]]
-        for instance in sample.instances:
-            ys, xs = np.nonzero(instance.mask)
-            if not len(xs):
-                continue
-            truth = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-            total += 1
-            found += any(label == RENAMED[instance.class_id] and _iou(box, truth) >= 0.5 for label, box in boxes)
-    return found / total
-
-
-def _box(points: np.ndarray) -> tuple[float, ...]:
-    return (*points.min(axis=0), *points.max(axis=0))
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
 
 
 def test_job_promotes_a_model_that_serves_the_new_labels_of_its_project_only(trained: Trained) -> None:

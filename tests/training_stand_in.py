@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import cv2
+import numpy as np
 
 from backend.geometry import mask_to_polygons
 from tests.fake_label_studio import LoopbackServer, QuietHandler
@@ -51,6 +52,35 @@ def annotated_task(task_id: int, seed: int, image_url: str) -> dict:
             "annotations": [{"id": task_id * 10, "result": polygon_regions(seed), "was_cancelled": False,
                              "created_at": "2026-11-28T00:00:00Z", "updated_at": "2026-11-28T00:00:00Z"}],
             "predictions": []}
+
+
+def recovered_fraction(results: list[dict], seeds: range) -> float:
+    """Share of the held-out shapes found with the right label (box IoU >= 0.5)."""
+    found = total = 0
+    for result, seed in zip(results, seeds):
+        sample = generate_image(seed)
+        size = sample.image.shape[0]
+        boxes = [(region["value"]["polygonlabels"][0], _box(np.array(region["value"]["points"]) * size / 100))
+                 for region in result["result"]]
+        for instance in sample.instances:
+            ys, xs = np.nonzero(instance.mask)
+            if not len(xs):
+                continue
+            truth = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            total += 1
+            found += any(label == RENAMED[instance.class_id] and _iou(box, truth) >= 0.5 for label, box in boxes)
+    return found / total
+
+
+def _box(points: np.ndarray) -> tuple[float, ...]:
+    return (*points.min(axis=0), *points.max(axis=0))
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 class TrainingLabelStudio(LoopbackServer):
