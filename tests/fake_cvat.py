@@ -2,7 +2,8 @@
 
 It serves one image task (server version, task, labels, frame metadata, the frames as one
 "imageset" chunk, a zip of PNGs) to requests carrying `Authorization: Bearer <token>`, and records
-the annotations the client uploads (PATCH ...?action=create, or PUT with --clear-existing).
+the annotations the client uploads (PATCH ...?action=create, or PUT with --clear-existing) and the
+native functions `cvat-cli function create-native` registers (POST /api/functions).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class FakeCvat(LoopbackServer):
     def __init__(self, task: FakeTask, token: str) -> None:
         self.task = task
         self.requests: list[str] = []  # "METHOD path?query", in order
+        self.functions: list[dict] = []  # bodies of POST /api/functions; function i has id i + 1
         fake = self
 
         class Handler(QuietHandler):
@@ -77,6 +79,9 @@ class FakeCvat(LoopbackServer):
 
             def do_PUT(self) -> None:  # noqa: N802
                 fake.answer(self, "PUT")
+
+            def do_POST(self) -> None:  # noqa: N802
+                fake.answer(self, "POST")
 
         super().__init__(Handler)
         self.token = token
@@ -106,10 +111,17 @@ class FakeCvat(LoopbackServer):
             handler.wfile.write(body)
             return None
         if method in ("PATCH", "PUT") and url.path == f"{prefix}/annotations":
-            body = json.loads(handler.rfile.read(int(handler.headers.get("Content-Length") or 0)) or b"{}")
+            body = self._body(handler)
             task.uploads.append((method, (query.get("action") or [""])[0], body))
             return self._json(handler, {"version": 1, "tags": [], "shapes": body.get("shapes", []), "tracks": []})
+        if method == "POST" and url.path == "/api/functions":
+            self.functions.append(self._body(handler))
+            return self._json(handler, {**self.functions[-1], "id": len(self.functions)}, 201)
         return self._json(handler, {"detail": "Not found."}, 404)
+
+    @staticmethod
+    def _body(handler: QuietHandler) -> dict:
+        return json.loads(handler.rfile.read(int(handler.headers.get("Content-Length") or 0)) or b"{}")
 
     @staticmethod
     def _json(handler: QuietHandler, payload: dict, status: int = 200) -> None:

@@ -319,3 +319,15 @@ def test_cvat_cli_reports_bad_parameters_in_one_line(tmp_path: Path) -> None:
     assert [line for line in result.stderr.splitlines() if "CRITICAL" in line] == [
         next(line for line in result.stderr.splitlines() if "unknown -p parameter 'yolo_seg_modle'" in line)]
     assert task.uploads == []
+
+
+def test_cvat_cli_registers_the_function_for_the_ui(tmp_path: Path) -> None:
+    task = FakeTask(7, [("a.png", generate_image(5000).image)], [{"name": "circle", "type": "any"}])
+    with FakeCvat(task, token="secret") as server:
+        result = run_cvat_cli(server, tmp_path, "function", "create-native", "YOLO demo boxes", "--function-module",
+                              "tools.cvat_function", *cli_parameters(model_root=str(MODELS_DIR), yolo_det_model=DEMO_DET,
+                                                                     cache_dir=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "1"  # the new function's id, for `function run-agent 1 ...`
+    assert server.functions == [{"provider": "native", "name": "YOLO demo boxes", "visibility": "private", "kind": "detector",
+                                 "labels_v2": [{"name": name, "attributes": [], "type": "rectangle"} for name in CLASS_NAMES]}]
