@@ -79,6 +79,20 @@ def ls_rect_to_box(value: dict, width: int, height: int) -> BoxXYXY:
     return float(x1), float(y1), float(x2), float(y2)
 
 
+def rotated_box_to_ls_rect(center: tuple[float, float], size: tuple[float, float], angle: float,
+                           width: int, height: int) -> dict:
+    """Pixel rotated box (center, (w, h), angle in radians, clockwise on screen: the box's w side
+    points along (cos, sin), Ultralytics' `xywhr`) -> Label Studio rectangle value: the top-left
+    corner before rotation, sizes in percent, `rotation` in degrees in [0, 360). Not clipped: a
+    rotated box may reach past the image, as Label Studio allows. `ls_rect_corners` inverts it."""
+    (cx, cy), (w, h) = center, size
+    cos, sin = math.cos(angle), math.sin(angle)
+    anchor_x = cx - w / 2 * cos + h / 2 * sin
+    anchor_y = cy - w / 2 * sin - h / 2 * cos
+    return {"x": anchor_x * 100.0 / width, "y": anchor_y * 100.0 / height, "width": w * 100.0 / width,
+            "height": h * 100.0 / height, "rotation": math.degrees(angle) % 360.0}
+
+
 # ---------------------------------------------------------------- masks, boxes, polygons
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-PREDICTION_TAGS = ("RectangleLabels", "PolygonLabels", "BrushLabels")
+from backend.controls.options import OptionError, TaskOptions, link_box_controls, parse_options
+
+PREDICTION_TAGS = ("RectangleLabels", "PolygonLabels", "BrushLabels", "KeyPointLabels", "Choices", "VideoRectangle")
 PROMPT_TAGS = ("KeyPointLabels", "RectangleLabels")
 MASK_TAGS = ("PolygonLabels", "BrushLabels")
 
@@ -32,6 +34,7 @@ class Control:
     skip: bool
     smart: bool
     trainable: bool = True  # model_trainable="false": training never replaces this control's model
+    options: TaskOptions = TaskOptions()  # pose, OBB, classification and video attributes (backend/controls)
 
     @property
     def type(self) -> str:
@@ -60,7 +63,8 @@ class LabelConfig:
     @property
     def prediction_controls(self) -> tuple[Control, ...]:
         """Controls that batch predictions fill, in config order."""
-        return tuple(c for c in self.controls if c.tag in PREDICTION_TAGS and not c.skip)
+        return tuple(c for c in self.controls if c.tag in PREDICTION_TAGS and not c.skip
+                     and not (c.smart and c.tag == "KeyPointLabels"))  # smart keypoints are SAM prompts, never pose
 
     def control(self, name: str) -> Control | None:
         return next((c for c in self.controls if c.name == name), None)
@@ -80,32 +84,51 @@ def parse_label_config(xml: str) -> LabelConfig:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises lxml, KeyError, TypeError... for broken XML
         raise LabelConfigError(f"the labeling config is not valid XML for Label Studio: {exc}") from None
-    images = {obj.name: obj for obj in interface.objects if obj.tag == "Image"}
+    images = {obj.name: obj for obj in interface.objects if obj.tag in ("Image", "Video")}
     controls = []
     unanswered = []
     for tag in interface.controls:
         to_names = [name for name in (tag.to_name or []) if name in images]
         if not to_names:
             continue
-        if tag.tag not in PREDICTION_TAGS + PROMPT_TAGS:
+        if tag.tag == "Labels" and images[to_names[0]].tag == "Video":
+            continue  # the labels of a VideoRectangle on this video
+        if tag.tag not in PREDICTION_TAGS + PROMPT_TAGS or (images[to_names[0]].tag == "Video") != (tag.tag == "VideoRectangle"):
             known = type(tag).__name__ != "ControlTag"  # the SDK's generic class: a tag Label Studio does not know
             unanswered.append(f"<{tag.tag} name=\"{tag.name}\">" + ("" if known else " (not a Label Studio tag)"))
             continue
         image_value = images[to_names[0]].value or ""
+        label_source = _video_labels(interface, tag) if tag.tag == "VideoRectangle" else tag
         controls.append(Control(
             name=tag.name,
             tag=tag.tag,
             to_name=to_names[0],
             data_key=image_value.lstrip("$"),
-            labels=tuple(tag.labels or ()),
-            class_to_label=_class_to_label(tag),
+            labels=tuple(label_source.labels or ()),
+            class_to_label=_class_to_label(label_source),
             model_path=tag.attr.get("model_path") or None,
             score_threshold=_threshold(tag.name, tag.attr.get("model_score_threshold")),
             skip=str(tag.attr.get("model_skip", "false")).lower() in {"true", "1", "yes"},
             smart=str(tag.attr.get("smart", "false")).lower() in {"true", "1", "yes"},
             trainable=str(tag.attr.get("model_trainable", "true")).lower() not in {"false", "0", "no"},
+            options=_options(tag, images[to_names[0]]),
         ))
-    return LabelConfig(tuple(controls), tuple(unanswered))
+    return LabelConfig(tuple(link_box_controls(controls)), tuple(unanswered))
+
+
+def _video_labels(interface, video_rectangle):  # noqa: ANN001, ANN202 - the SDK's tags
+    """The <Labels> tag on the video, whose labels a VideoRectangle's regions carry (Label Studio's video
+    template); without one, the VideoRectangle itself (no labels)."""
+    video_name = video_rectangle.to_name[0]
+    return next((tag for tag in interface.controls if tag.tag == "Labels" and video_name in (tag.to_name or [])),
+                video_rectangle)
+
+
+def _options(tag, target) -> TaskOptions:  # noqa: ANN001 - the SDK's control and object tags
+    try:
+        return parse_options(tag, (target.attr or {}).get("frameRate") if target.tag == "Video" else None)
+    except OptionError as exc:
+        raise LabelConfigError(str(exc)) from None
 
 
 def _class_to_label(tag) -> tuple[tuple[str, str], ...]:

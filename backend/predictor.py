@@ -18,13 +18,17 @@ import numpy as np
 
 from backend.images import ImageError, ImageFetcher, TaskImage
 from backend.label_config import Control, LabelConfig
+from backend.controls.tasks import default_model_setting, task_mismatch, task_regions
 from backend.label_studio import Credentials
 from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
 from backend.mask_crop import MaskCrops
 from backend.models.yolo import Detections, PreparedBatch, YoloModel, preparing_thread
+from backend.models.yolo_tasks import TaskYoloModel
 from backend.regions import mask_regions, prediction, rectangle_region
 from backend.settings import Settings
+from backend.training import promoted_version
 from backend.versions import file_fingerprint
+from backend.video_predictor import VideoPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +41,21 @@ class PredictionConfigError(ValueError):
 class ModelChoice:
     path_value: str  # as written in the config or the settings
     setting: str  # where it came from, for error messages
+    task_model: bool = False  # a pose, OBB or classification control's model (TaskYoloModel)
 
 
-def model_choice(control: Control, settings: Settings) -> ModelChoice:
+def model_choice(control: Control, settings: Settings, project: object = None) -> ModelChoice:
+    """The model file a control uses: for a trainable control of a project (Label Studio's "12.<timestamp>"
+    or 12) with a promoted trained model, that model; else `model_path`, else YOLO_SEG_MODEL / YOLO_DET_MODEL.
+    Pose, OBB and classification controls: `model_path`, else YOLO_POSE_MODEL / YOLO_OBB_MODEL / YOLO_CLS_MODEL."""
+    task_setting = default_model_setting(control)
+    if task_setting is not None:
+        if control.model_path:
+            return ModelChoice(control.model_path, f"model_path on <{control.tag} name=\"{control.name}\">", True)
+        return ModelChoice(getattr(settings, task_setting), task_setting.upper(), True)
+    promoted = promoted_version(settings, project) if project is not None and control.trainable else None
+    if promoted is not None and (promoted.task == "segment" or not control.wants_masks):
+        return ModelChoice(promoted.relative_path, f"trained model {promoted.name} of project {promoted.project}")
     if control.model_path:
         return ModelChoice(control.model_path, f"model_path on <{control.tag} name=\"{control.name}\">")
     if control.wants_masks:
@@ -58,13 +74,19 @@ class YoloModels:
     def path(self, choice: ModelChoice) -> Path:
         return resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting)
 
-    def get(self, choice: ModelChoice) -> YoloModel:
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
         path = self.path(choice)
+        kind = TaskYoloModel if choice.task_model else YoloModel
         # A file replaced under the same name (a retrained model) is loaded again, and the old one dropped.
-        key = ("yolo", str(path), file_fingerprint(path), self._device, self._settings.half, self._settings.yolo_imgsz)
+        key = ("yolo-task" if choice.task_model else "yolo", str(path), file_fingerprint(path), self._device,
+               self._settings.half, self._settings.yolo_imgsz)
         self._cache.discard(lambda other: other[:2] == key[:2] and other != key)
-        return self._cache.get(key, lambda: YoloModel(path, choice.setting, self._device, self._settings.half,
-                                                      self._settings.yolo_imgsz))
+        return self._cache.get(key, lambda: kind(path, choice.setting, self._device, self._settings.half,
+                                                 self._settings.yolo_imgsz))
 
 
 class BatchPredictor:
@@ -76,16 +98,23 @@ class BatchPredictor:
         self._fetcher = fetcher
         self._box_segmenter = box_segmenter  # SAM: boxes -> masks, when YOLO_SAM is on
         self._on_image = on_image  # e.g. SAM embedding prefetch
+        self._video = VideoPredictor(settings, fetcher, models.device)
 
-    def plan(self, config: LabelConfig) -> dict[YoloModel, list[Control]]:
+    def plan(self, config: LabelConfig, project: object = None) -> dict[YoloModel, list[Control]]:
         """Which model serves which controls; raises ModelPathError / PredictionConfigError up front.
 
         Keyed by the loaded model, so controls naming the same file through different settings
         share one forward pass."""
         plan: dict[YoloModel, list[Control]] = {}
         for control in config.prediction_controls:
-            choice = model_choice(control, self._settings)
+            choice = model_choice(control, self._settings, project)
             model = self._models.get(choice)
+            mismatch = task_mismatch(control, model.task, choice.setting, choice.path_value)
+            if mismatch is not None:
+                raise PredictionConfigError(mismatch)
+            if control.tag == "VideoRectangle":
+                self._video.check(control)
+                continue  # tracked per video, not in the image batches
             if control.wants_masks and not model.has_masks and self._box_segmenter is None:
                 raise PredictionConfigError(
                     f"<{control.tag} name=\"{control.name}\"> needs masks but {choice.setting}='{choice.path_value}' is a "
@@ -93,11 +122,11 @@ class BatchPredictor:
             plan.setdefault(model, []).append(control)
         return plan
 
-    def model_files(self, config: LabelConfig) -> list[Path]:
+    def model_files(self, config: LabelConfig, project: object = None) -> list[Path]:
         """The model file each prediction control resolves to, in config order (nothing is loaded)."""
         files = []
         for control in config.prediction_controls:
-            choice = model_choice(control, self._settings)
+            choice = model_choice(control, self._settings, project)
             try:
                 files.append(self._models.path(choice))
             except ModelPathError:  # refused paths never predict; /predict answers them with a 4xx
@@ -105,10 +134,11 @@ class BatchPredictor:
         return files
 
     def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
-                model_version: str) -> list[dict]:
-        plan = self.plan(config)
-        if not plan:
-            logger.info("the labeling config has no RectangleLabels, PolygonLabels or BrushLabels to predict")
+                model_version: str, project: object = None) -> list[dict]:
+        plan = self.plan(config, project)
+        videos = [control for control in config.prediction_controls if control.tag == "VideoRectangle"]
+        if not plan and not videos:
+            logger.info("the labeling config has no control to predict")
             return [prediction([], model_version) for _ in tasks]
         data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
         regions: list[list[dict]] = [[] for _ in tasks]
@@ -122,12 +152,17 @@ class BatchPredictor:
             def prepare(chunk: range) -> list[ModelBatch]:
                 return self._prepare_chunk(tasks, chunk, plan, data_keys, credentials, fetch_pool)
 
-            upcoming = prepare_pool.submit(prepare, chunks[0]) if chunks else None
+            # One chunk (a single task, say) is prepared right here: handing it to other threads only adds latency.
+            upcoming = prepare_pool.submit(prepare, chunks[0]) if len(chunks) > 1 else None
             for position in range(len(chunks)):
-                batches = upcoming.result()
+                batches = upcoming.result() if upcoming is not None else prepare(chunks[position])
                 upcoming = prepare_pool.submit(prepare, chunks[position + 1]) if position + 1 < len(chunks) else None
                 for batch in batches:
                     self._predict_batch(batch, tasks, regions)
+        for control in videos:
+            model_path = self._models.path(model_choice(control, self._settings, project))
+            for task_index, task in enumerate(tasks):
+                regions[task_index].extend(self._video.task_regions(task, control, model_path, credentials))
         return [prediction(task_regions, model_version) for task_regions in regions]
 
     def _threshold(self, control: Control) -> float:
@@ -137,7 +172,10 @@ class BatchPredictor:
                        credentials: Credentials | None, fetch_pool: ThreadPoolExecutor) -> list[ModelBatch]:
         """The chunk's images, fetched concurrently, as one letterboxed batch per model and image key."""
         jobs = [(i, key) for i in chunk for key in data_keys]
-        images = dict(zip(jobs, fetch_pool.map(lambda job: self._load_image(tasks[job[0]], job[1], credentials), jobs)))
+        def load(job: tuple[int, str]) -> TaskImage | None:
+            return self._load_image(tasks[job[0]], job[1], credentials)
+
+        images = dict(zip(jobs, fetch_pool.map(load, jobs) if len(jobs) > 1 else map(load, jobs)))
         batches = []
         for model, controls in plan.items():
             for data_key in sorted({control.data_key for control in controls}):
@@ -180,6 +218,8 @@ class BatchPredictor:
 
     def _control_regions(self, control: Control, image: TaskImage, found: Detections) -> list[dict]:
         threshold = self._threshold(control)
+        if not isinstance(found, Detections):  # a pose, OBB or classification model's output
+            return task_regions(control, found, threshold, image.width, image.height)
         keep = [k for k in range(len(found)) if found.scores[k] >= threshold and control.label_for(found.class_names[k])]
         if not keep:
             return []

@@ -32,6 +32,10 @@ class Settings:
     model_root: str = _setting("./models", "Directory that `model_path` values (label config, settings) are relative to.")
     yolo_det_model: str = _setting("yolov8n.pt", "YOLO model for RectangleLabels without `model_path` (Ultralytics downloads known names when online).")
     yolo_seg_model: str = _setting("yolov8n-seg.pt", "YOLO segmentation model for PolygonLabels/BrushLabels without `model_path`.")
+    yolo_pose_model: str = _setting("yolov8n-pose.pt", "YOLO pose model for (not smart) KeyPointLabels without `model_path`.")
+    yolo_obb_model: str = _setting("yolov8n-obb.pt", "YOLO OBB model for RectangleLabels with `model_obb=\"true\"` without `model_path`.")
+    yolo_cls_model: str = _setting("yolov8n-cls.pt", "YOLO classification model for Choices without `model_path`.")
+    video_time_limit: float = _setting(80.0, "Seconds of tracking per video in a /predict (below Label Studio's ML_TIMEOUT_PREDICT, 100 s); a longer video gets the tracks of the frames reached, and a warning.")
     model_score_threshold: float = _setting(0.5, "Default minimum score of a predicted region (per control: `model_score_threshold`).")
     yolo_imgsz: int = _setting(0, "Inference size; 0 uses the size each model was trained at.")
     yolo_sam: bool = _setting(False, "Batch predictions: use YOLO boxes as SAM box prompts for masks (needs a SAM model).")
@@ -41,9 +45,9 @@ class Settings:
     half: bool = _setting(False, "Half precision on CUDA.")
     model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
     # SAM (keys of OpenMMLab label_anything's command line)
-    model_name: str = _setting("", "`sam`, `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
-    sam_config: str = _setting("", "SAM size: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `vit_tiny` (light SAM-HQ) or `demo` (tiny demo SAM); empty reads it from the checkpoint.")
-    sam_checkpoint_file: str = _setting("", "SAM checkpoint path (absolute, or relative to the working directory, then to MODEL_ROOT).")
+    model_name: str = _setting("", "`sam`, `sam2` (or `sam2.1`), `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
+    sam_config: str = _setting("", "SAM size: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `vit_tiny` (light SAM-HQ), `demo` (tiny demo SAM), SAM 2's `hiera_t`, `hiera_s`, `hiera_b+`, `hiera_l` (or Meta's names: `sam2.1_hiera_t`); empty reads it from the checkpoint.")
+    sam_checkpoint_file: str = _setting("", "SAM checkpoint path (absolute, or relative to the working directory, then to MODEL_ROOT); empty with `sam2`: `sam2.1_hiera_tiny.pt` on CPU, `sam2.1_hiera_large.pt` on CUDA (or Ultralytics' `sam2.1_t.pt` / `sam2.1_l.pt`) in MODEL_ROOT.")
     out_mask: bool = _setting(True, "Interactive answers include BrushLabels masks.")
     out_bbox: bool = _setting(False, "Interactive answers include the mask's RectangleLabels box.")
     out_poly: bool = _setting(False, "Interactive answers include PolygonLabels outlines.")
@@ -104,6 +108,8 @@ class Settings:
         for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_download_bytes", "max_request_bytes", "workers", "threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1")
+        if self.video_time_limit <= 0:
+            raise SettingsError("VIDEO_TIME_LIMIT must be a positive number of seconds")
         if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:
             raise SettingsError("SAM_CACHE_SIZE, DOWNLOAD_TIMEOUT and POLYGON_TOLERANCE must not be negative")
         if self.sam_disk_cache_max_gb < 0:
@@ -112,8 +118,8 @@ class Settings:
             raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.device != "auto" and not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise SettingsError(f"DEVICE must be auto, cpu, cuda or cuda:N, not '{self.device}'")
-        if self.model_name and self.model_name not in {"sam", "mobile_sam", "sam_hq"}:
-            raise SettingsError(f"MODEL_NAME must be sam, mobile_sam or sam_hq, not '{self.model_name}'")
+        if self.model_name and self.model_name not in {"sam", "sam2", "sam2.1", "mobile_sam", "sam_hq"}:
+            raise SettingsError(f"MODEL_NAME must be sam, sam2, sam2.1, mobile_sam or sam_hq, not '{self.model_name}'")
         _validate_training(self)
         try:
             from backend.url_policy import AllowList

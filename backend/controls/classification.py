@@ -1,0 +1,30 @@
+"""Choices with a YOLO classification model: choice="single" takes the top class, choice="multiple"
+every class whose probability reaches the threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.label_config import Control
+from backend.models.yolo_tasks import ClassProbabilities
+from backend.regions import _region
+
+
+def choices_regions(control: Control, found: ClassProbabilities, threshold: float) -> list[dict]:
+    """At most one `choices` region. Classes without a Choice are left out before choosing, so a
+    config with a few of the model's classes gets the likeliest of those. Its `score` is the
+    probability (the mean of the chosen ones' with choice="multiple"); nothing below the threshold."""
+    labelled = [(float(p), control.label_for(name)) for name, p in zip(found.class_names, found.probs)
+                if control.label_for(name) is not None]
+    if control.options.multiple:
+        chosen = [(p, label) for p, label in sorted(labelled, key=lambda item: -item[0]) if p >= threshold]
+    else:
+        chosen = [max(labelled, key=lambda item: item[0])] if labelled else []
+        chosen = [item for item in chosen if item[0] >= threshold]
+    labels = list(dict.fromkeys(label for _, label in chosen))  # two classes may map to one Choice
+    if not labels:
+        return []
+    region = _region(control, 0, 0, {"choices": labels}, float(np.mean([p for p, _ in chosen])))
+    for key in ("original_width", "original_height", "image_rotation"):
+        del region[key]  # a choice is about the whole image
+    return [region]

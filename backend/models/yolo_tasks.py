@@ -1,0 +1,128 @@
+"""Ultralytics YOLO pose, OBB and classification models behind one small interface.
+
+Their outputs, in pixels of the image as given (EXIF orientation applied), are Ultralytics' own
+numbers taken from its `Results` unchanged; backend/controls turns them into Label Studio regions.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backend.models.cache import ModelPathError
+from backend.models.yolo import INFERENCE_THREADS, is_downloadable_asset
+
+TASK_NAMES = {"detect": "detection", "segment": "segmentation", "pose": "pose", "obb": "OBB (rotated box)",
+              "classify": "classification"}
+
+
+@dataclass(frozen=True)
+class RotatedBoxes:
+    """OBB model output: each box as (cx, cy, w, h, angle in radians clockwise on screen)."""
+
+    xywhr: np.ndarray  # (N, 5)
+    scores: np.ndarray  # (N,)
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Poses:
+    """Pose model output: each object's box and its keypoints."""
+
+    boxes: np.ndarray  # (N, 4) xyxy
+    scores: np.ndarray  # (N,)
+    class_names: tuple[str, ...]
+    keypoints: np.ndarray  # (N, K, 2) x, y
+    keypoint_scores: np.ndarray  # (N, K) visibility confidence; 1 where the model has none
+
+    def __len__(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class ClassProbabilities:
+    """Classification model output: the probability of every class, in the model's class order."""
+
+    class_names: tuple[str, ...]
+    probs: np.ndarray  # (C,)
+
+
+TaskOutput = RotatedBoxes | Poses | ClassProbabilities
+
+
+class TaskYoloModel:
+    """A loaded YOLO pose, OBB or classification model; `predict` is thread-safe (calls are serialized)."""
+
+    def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
+        from ultralytics import YOLO
+
+        if not path.is_file() and not is_downloadable_asset(path.name):
+            raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
+        try:
+            self._model = YOLO(str(path))
+        except Exception as exc:  # Ultralytics raises many types for offline downloads and bad files
+            hint = " (no internet? download it elsewhere and put it in MODEL_ROOT)" if not path.is_file() else ""
+            raise ModelPathError(f"{setting}: cannot load YOLO model '{path.name}'{hint}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        self.path = path
+        self.device = device
+        self.half = half and device.startswith("cuda")
+        self.imgsz = imgsz or None
+        self._lock = threading.Lock()
+
+    @property
+    def task(self) -> str:
+        return self._model.task
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = self._model.names
+        return tuple(names[i] for i in sorted(names))
+
+    def predict(self, images_rgb: list[np.ndarray], conf: float) -> list[TaskOutput]:
+        """Ultralytics' `predict` on RGB images (one forward pass for the list)."""
+        return self.infer(self.prepare(images_rgb), conf) if images_rgb else []
+
+    def prepare(self, images_rgb: list[np.ndarray]) -> list[np.ndarray]:
+        """The images as Ultralytics takes them (BGR), for `infer`; the batch predictor's pipeline step."""
+        return [np.ascontiguousarray(image[:, :, ::-1]) for image in images_rgb]
+
+    def infer(self, batch: list[np.ndarray], conf: float) -> list[TaskOutput]:
+        import torch
+
+        options = dict(conf=conf, device=self.device, verbose=False, batch=len(batch))
+        if self.half:
+            options["half"] = True
+        if self.imgsz:
+            options["imgsz"] = self.imgsz
+        with self._lock:
+            torch.set_num_threads(INFERENCE_THREADS)
+            results = self._model.predict(batch, **options)
+        return [task_output(result) for result in results]
+
+
+def _names(result, class_ids: np.ndarray) -> tuple[str, ...]:  # noqa: ANN001 - ultralytics Results
+    return tuple(result.names[int(i)] for i in class_ids)
+
+
+def task_output(result) -> TaskOutput:  # noqa: ANN001 - ultralytics Results
+    """An Ultralytics `Results` of a pose, OBB or classification model as plain arrays."""
+    if result.probs is not None:
+        return ClassProbabilities(tuple(result.names[i] for i in sorted(result.names)),
+                                  result.probs.data.cpu().numpy().astype(np.float64))
+    if result.obb is not None:
+        obb = result.obb
+        return RotatedBoxes(obb.xywhr.cpu().numpy().astype(np.float64), obb.conf.cpu().numpy().astype(np.float64),
+                            _names(result, obb.cls.cpu().numpy()))
+    if result.keypoints is not None:
+        boxes, keypoints = result.boxes, result.keypoints
+        points = keypoints.xy.cpu().numpy().astype(np.float64)
+        scores = keypoints.conf.cpu().numpy().astype(np.float64) if keypoints.conf is not None else np.ones(points.shape[:2])
+        return Poses(boxes.xyxy.cpu().numpy().astype(np.float64), boxes.conf.cpu().numpy().astype(np.float64),
+                     _names(result, boxes.cls.cpu().numpy()), points, scores)
+    raise ValueError("not the result of a YOLO pose, OBB or classification model")
