@@ -27,6 +27,7 @@ from backend.label_config import LabelConfig, LabelConfigError, parse_label_conf
 from backend.label_studio import Credentials
 from backend.models.cache import ModelPathError, resolve_model_path
 from backend.models.yolo import is_downloadable_asset
+from backend.models.yolo_files import model_exists
 from backend.predictor import PredictionConfigError, model_choice
 from backend.regions import prediction
 from backend.services import Services, build_services
@@ -283,7 +284,7 @@ def _check_model_paths(services: Services, config: LabelConfig) -> None:
             path = resolve_model_path(services.settings.model_root_path, choice.path_value, choice.setting)
         except ModelPathError as exc:
             raise BadRequest(str(exc)) from None
-        if not path.is_file() and not is_downloadable_asset(path.name):
+        if not model_exists(path) and not is_downloadable_asset(path.name):
             raise BadRequest(f"{choice.setting}: model file '{choice.path_value}' not found in MODEL_ROOT ({services.settings.model_root_path})")
 
 

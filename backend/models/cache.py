@@ -22,10 +22,11 @@ class ModelPathError(ValueError):
 
 
 def resolve_model_path(model_root: Path, name: str, setting: str) -> Path:
-    """Map a `model_path` value to a file inside `model_root`.
+    """Map a `model_path` value to a file (or an exported model's directory, `*_openvino_model/`) inside `model_root`.
 
     Absolute paths, `..` and symlinks leading outside the root are refused, so a labeling config
-    cannot make the backend unpickle an arbitrary file (Ultralytics checkpoints are pickles).
+    cannot make the backend unpickle an arbitrary file (Ultralytics checkpoints are pickles) or run
+    an arbitrary TorchScript, ONNX, OpenVINO or TensorRT model.
     """
     if not name or "\x00" in name:
         raise ModelPathError(f"{setting} is empty")

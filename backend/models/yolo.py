@@ -12,6 +12,7 @@ import torch
 
 from backend.mask_crop import MaskCrops
 from backend.models.cache import ModelPathError
+from backend.models.yolo_files import export_info, model_exists
 from backend.models.yolo_masks import retina_mask_crops
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,13 @@ class YoloModel:
     def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
         from ultralytics import YOLO
 
-        if not path.is_file() and not is_downloadable_asset(path.name):
+        if not model_exists(path) and not is_downloadable_asset(path.name):
             raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
+        export = export_info(path, setting)  # None for a .pt checkpoint
         try:
-            self._model = YOLO(str(path))
+            self._model = YOLO(str(path), task=export.task if export else None)
         except Exception as exc:  # Ultralytics raises many types for offline downloads and bad files
-            hint = " (no internet? download it elsewhere and put it in MODEL_ROOT)" if not path.is_file() else ""
+            hint = " (no internet? download it elsewhere and put it in MODEL_ROOT)" if not model_exists(path) else ""
             raise ModelPathError(f"{setting}: cannot load YOLO model '{path.name}'{hint}: {type(exc).__name__}: {str(exc)[:300]}") from None
         if self._model.task not in SUPPORTED_TASKS:
             raise ModelPathError(f"{setting}: '{path.name}' is a YOLO '{self._model.task}' model; detection or segmentation models are supported")
@@ -65,8 +67,18 @@ class YoloModel:
         self.device = device
         self.half = half and device.startswith("cuda")
         self.imgsz = imgsz or None  # None: the size the model was trained at (Ultralytics keeps it in overrides)
+        if export and not export.dynamic and self.imgsz and export.imgsz and export.imgsz != (imgsz, imgsz):
+            logger.warning("%s: '%s' was exported for a fixed %dx%d input; YOLO_IMGSZ=%d does not apply to it",
+                           setting, path.name, *export.imgsz, imgsz)
+            self.imgsz = None
         self._lock = threading.Lock()
         self._predictor = None  # Ultralytics' predictor, set up on first use (see _setup)
+        if export:
+            try:  # start the export's runtime now: a model that cannot run fails here, not on a request
+                self._setup()
+            except Exception as exc:  # onnxruntime, OpenVINO and TensorRT raise their own types
+                raise ModelPathError(f"{setting}: cannot run {export.format} model '{path.name}' on {device}: "
+                                     f"{type(exc).__name__}: {str(exc)[:300]}") from None
 
     @property
     def task(self) -> str:

@@ -1,0 +1,73 @@
+"""YOLO model files: Ultralytics checkpoints (`.pt`) and Ultralytics' exports, loaded alike.
+
+Exports carry Ultralytics' metadata (task, class names, input size, batch, dynamic shapes): the task
+and input size are read here without loading the model, the class names by Ultralytics' loader.
+Formats: `.onnx` (ONNX Runtime), `*_openvino_model/` directories (OpenVINO), `.torchscript` (torch)
+and `.engine` (TensorRT, NVIDIA GPUs only). An export without that metadata
+(made by another tool) is refused with what to do, rather than guessed from its file name.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.models.cache import ModelPathError
+
+OPENVINO_DIR_SUFFIX = "_openvino_model"
+# export format -> (module its runtime imports as, what to install)
+RUNTIMES = {
+    "onnx": ("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu)"),
+    "openvino": ("openvino", "pip install openvino"),
+    "engine": ("tensorrt", "TensorRT on an NVIDIA GPU (pip install tensorrt)"),
+    "torchscript": ("torch", "torch"),
+}
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    format: str  # onnx | openvino | engine | torchscript
+    task: str
+    imgsz: tuple[int, int] | None
+    dynamic: bool  # False: fixed input size and batch, as exported
+
+
+def export_format(path: Path) -> str | None:
+    """The Ultralytics export format of `path`, or None for a checkpoint (or anything else)."""
+    if path.name.endswith(OPENVINO_DIR_SUFFIX):
+        return "openvino"
+    return {".onnx": "onnx", ".engine": "engine", ".torchscript": "torchscript"}.get(path.suffix.lower())
+
+
+def model_exists(path: Path) -> bool:
+    """A model file, or an exported model directory (OpenVINO)."""
+    return path.is_file() or (path.is_dir() and export_format(path) == "openvino")
+
+
+def export_info(path: Path, setting: str) -> ExportInfo | None:
+    """What an Ultralytics export's metadata says; None for checkpoints. Raises ModelPathError for an
+    export that cannot be used here (no metadata, its runtime not installed)."""
+    from ultralytics.nn.backends.base import BaseBackend
+
+    kind = export_format(path)
+    if kind is None:
+        return None
+    module, install = RUNTIMES[kind]
+    if importlib.util.find_spec(module) is None:
+        raise ModelPathError(f"{setting}: '{path.name}' is a {kind} export, which needs {install}")
+    metadata = BaseBackend.read_metadata(path)
+    if not metadata.get("task") or not metadata.get("names"):
+        raise ModelPathError(f"{setting}: '{path.name}' has no Ultralytics metadata (task, class names); export the "
+                             f"model with Ultralytics (`yolo export model=best.pt format={kind}`)")
+    args = _literal(metadata.get("args")) or {}
+    imgsz = _literal(metadata.get("imgsz"))
+    return ExportInfo(kind, str(metadata["task"]), tuple(int(side) for side in imgsz) if imgsz else None,
+                      bool(args.get("dynamic", False)))
+
+
+def _literal(value: Any) -> Any:
+    """Metadata values are Python literals as text in some formats (ONNX), parsed values in others."""
+    return ast.literal_eval(value) if isinstance(value, str) else value
