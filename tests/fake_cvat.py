@@ -2,8 +2,9 @@
 
 It serves one image task (server version, task, labels, frame metadata, the frames as one
 "imageset" chunk, a zip of PNGs) to requests carrying `Authorization: Bearer <token>`, and records
-the annotations the client uploads (PATCH ...?action=create, or PUT with --clear-existing) and the
-native functions `cvat-cli function create-native` registers (POST /api/functions).
+the annotations the client uploads (PATCH ...?action=create, or PUT with --clear-existing), the
+native functions `cvat-cli function create-native` registers (POST /api/functions), and hands the
+annotation requests in `pending` to `cvat-cli function run-agent`, recording what it answers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import cv2
 import numpy as np
@@ -68,6 +69,8 @@ class FakeCvat(LoopbackServer):
         self.task = task
         self.requests: list[str] = []  # "METHOD path?query", in order
         self.functions: list[dict] = []  # bodies of POST /api/functions; function i has id i + 1
+        self.pending: list[dict] = []  # annotation requests ({"ar_id": ..., "ar_params": ...}) for agents
+        self.answers: dict[str, tuple[str, dict]] = {}  # ar_id -> ("complete" | "fail", body)
         fake = self
 
         class Handler(QuietHandler):
@@ -117,7 +120,22 @@ class FakeCvat(LoopbackServer):
         if method == "POST" and url.path == "/api/functions":
             self.functions.append(self._body(handler))
             return self._json(handler, {**self.functions[-1], "id": len(self.functions)}, 201)
+        if method == "GET" and url.path.startswith("/api/functions/") and url.path.split("/")[-1].isdigit():
+            function_id = int(url.path.split("/")[-1])
+            return self._json(handler, {**self.functions[function_id - 1], "id": function_id})
+        if method == "POST" and url.path.startswith("/api/functions/queues/"):
+            return self._agent_call(handler, unquote(url.path).split("/")[5:])
         return self._json(handler, {"detail": "Not found."}, 404)
+
+    def _agent_call(self, handler: QuietHandler, path: list[str]) -> None:
+        """requests/acquire: the next pending request (batch ones only); requests/<id>/update|complete|fail."""
+        body = self._body(handler)
+        if path == ["requests", "acquire"]:
+            batch = body.get("request_category") == "batch" and self.pending
+            return self._json(handler, {"ar_assignment": self.pending.pop(0) if batch else None})
+        if len(path) == 3 and path[0] == "requests" and path[2] in ("complete", "fail"):
+            self.answers[path[1]] = (path[2], body)
+        return self._json(handler, {})
 
     @staticmethod
     def _body(handler: QuietHandler) -> dict:

@@ -282,6 +282,23 @@ def run_cvat_cli(server: FakeCvat, tmp_path: Path, *args: str) -> subprocess.Com
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
 
 
+def detected_shapes(function: BackendDetectionFunction, image_root: Path, seeds: list[int], conf_threshold: float | None,
+                    task_label: Callable[[str], str]) -> list[dict]:
+    """What the function answers in process for the frames: (type, frame, the task's label name, points)."""
+    shapes = [{"type": cvat_shape.type.value, "frame": index, "label": task_label(CLASS_NAMES[cvat_shape.label_id]),
+               "points": list(cvat_shape.points)}
+              for index, seed in enumerate(seeds)
+              for cvat_shape in function.detect(context(conf_threshold), frame(image_root, seed))]
+    assert shapes, "the demo model found nothing on these frames"
+    return shapes
+
+
+def uploaded_shapes(task: FakeTask, shapes: list[dict]) -> list[dict]:
+    return [{"type": s["type"], "frame": s["frame"], "label": task.label_name(s["label_id"]), "points": s["points"]}
+            for s in shapes]
+
+
+@pytest.mark.slow
 def test_cvat_cli_auto_annotates_a_task_end_to_end(make_function, tmp_path: Path, image_root: Path) -> None:
     seeds = list(SHAPES_SEEDS[:4])
     task = FakeTask(7, [(f"shapes_{seed}.png", generate_image(seed).image) for seed in seeds],
@@ -297,15 +314,7 @@ def test_cvat_cli_auto_annotates_a_task_end_to_end(make_function, tmp_path: Path
         "GET /api/tasks/7/data", "PUT /api/tasks/7/annotations"}
     assert [method for method, _, _ in task.uploads] == ["PUT"]
     uploaded = task.uploads[0][2]["shapes"]
-    function = make_function(**parameters)
-    expected = []
-    for index, seed in enumerate(seeds):
-        for cvat_shape in function.detect(context(conf_threshold=None), frame(image_root, seed)):
-            expected.append({"type": "mask", "frame": index, "label_name": CLASS_NAMES[cvat_shape.label_id],
-                             "points": list(cvat_shape.points)})
-    assert expected, "the demo model found nothing on these frames"
-    assert [{"type": s["type"], "frame": s["frame"], "label_name": task.label_name(s["label_id"]), "points": s["points"]}
-            for s in uploaded] == expected
+    assert uploaded_shapes(task, uploaded) == detected_shapes(make_function(**parameters), image_root, seeds, None, str)
     assert all(s["source"] == "auto" for s in uploaded)
 
 
@@ -321,13 +330,28 @@ def test_cvat_cli_reports_bad_parameters_in_one_line(tmp_path: Path) -> None:
     assert task.uploads == []
 
 
-def test_cvat_cli_registers_the_function_for_the_ui(tmp_path: Path) -> None:
-    task = FakeTask(7, [("a.png", generate_image(5000).image)], [{"name": "circle", "type": "any"}])
+@pytest.mark.slow
+def test_cvat_cli_registers_the_function_and_its_agent_answers_the_ui(make_function, tmp_path: Path, image_root: Path) -> None:
+    seeds = list(SHAPES_SEEDS[4:7])
+    task = FakeTask(7, [(f"shapes_{seed}.png", generate_image(seed).image) for seed in seeds],
+                    [{"name": name.upper(), "type": "polygon"} for name in CLASS_NAMES])
+    parameters = cli_parameters(model_root=str(MODELS_DIR), yolo_seg_model=DEMO_SEG, shape="masks",
+                                cache_dir=str(tmp_path / "cache"))
+    # The UI's "Automatic annotation" of the task, labels mapped by the user, masks converted to polygons.
+    request = {"type": "annotate_task", "task": 7, "threshold": THRESHOLD, "conv_mask_to_poly": True,
+               "mapping": {name: {"name": name.upper()} for name in CLASS_NAMES}}
     with FakeCvat(task, token="secret") as server:
-        result = run_cvat_cli(server, tmp_path, "function", "create-native", "YOLO demo boxes", "--function-module",
-                              "tools.cvat_function", *cli_parameters(model_root=str(MODELS_DIR), yolo_det_model=DEMO_DET,
-                                                                     cache_dir=str(tmp_path / "cache")))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-1] == "1"  # the new function's id, for `function run-agent 1 ...`
-    assert server.functions == [{"provider": "native", "name": "YOLO demo boxes", "visibility": "private", "kind": "detector",
-                                 "labels_v2": [{"name": name, "attributes": [], "type": "rectangle"} for name in CLASS_NAMES]}]
+        created = run_cvat_cli(server, tmp_path, "function", "create-native", "YOLO demo masks",
+                               "--function-module", "tools.cvat_function", *parameters)
+        server.pending.append({"ar_id": "ar-1", "ar_params": request})
+        agent = run_cvat_cli(server, tmp_path, "function", "run-agent", "1", "--burst",
+                             "--function-module", "tools.cvat_function", *parameters)
+    assert created.returncode == 0, created.stderr[-3000:]
+    assert created.stdout.splitlines()[-1] == "1"  # the new function's id, for `function run-agent 1 ...`
+    assert server.functions == [{"provider": "native", "name": "YOLO demo masks", "visibility": "private", "kind": "detector",
+                                 "labels_v2": [{"name": name, "attributes": [], "type": "mask"} for name in CLASS_NAMES]}]
+    assert agent.returncode == 0, agent.stderr[-3000:]
+    outcome, answer = server.answers["ar-1"]
+    assert outcome == "complete", answer
+    polygons = make_function(yolo_seg_model=DEMO_SEG, shape="polygons")
+    assert uploaded_shapes(task, answer["annotations"]["shapes"]) == detected_shapes(polygons, image_root, seeds, THRESHOLD, str.upper)
