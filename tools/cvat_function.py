@@ -111,30 +111,18 @@ def create(**parameters: Any) -> BackendDetectionFunction:
     from backend.services import build_services
     from backend.settings import SettingsError
 
-    known = {field.name for field in dataclasses.fields(Settings)}
-    unknown = sorted(key for key in parameters if key not in known and key not in FUNCTION_PARAMETERS)
-    if unknown:
-        raise CvatFunctionError(
-            f"unknown -p parameter '{unknown[0]}': use {', '.join(FUNCTION_PARAMETERS)} or a backend setting "
-            "(the README's `--with` keys, e.g. model_root, yolo_seg_model, model_score_threshold, yolo_sam)")
     shape = parameters.get("shape")
     if shape is not None and shape not in SHAPE_TAGS:
         raise CvatFunctionError(f"-p shape must be {', '.join(SHAPE_TAGS)}, not '{shape}'")
-    settings_values: dict[str, Any] = {}
-    try:
-        if parameters.get("config"):
-            settings_values.update(load_toml_settings(Path(parameters["config"])))
-    except AnnotateError as exc:
-        raise CvatFunctionError(str(exc).replace("--config", "-p config")) from None
-    settings_values.update((key, value) for key, value in parameters.items() if key not in FUNCTION_PARAMETERS)
+    settings_values = _settings_values(parameters)
     # One model answers: the one named alone, else the detection model for boxes, the segmentation model otherwise.
     named = {key for key in ("yolo_det_model", "yolo_seg_model") if key in settings_values}
     use_det_model = named == {"yolo_det_model"} or (shape == "boxes" and named != {"yolo_seg_model"})
-    frames_dir = tempfile.TemporaryDirectory(prefix="cvat-frames-")  # where each frame is read from
-    options = AnnotateOptions(Path(frames_dir.name), model=parameters.get("model"),
+    frames = tempfile.TemporaryDirectory(prefix="cvat-frames-")  # where the predictor reads each frame from
+    options = AnnotateOptions(Path(frames.name), model=parameters.get("model"),
                               shape="boxes" if use_det_model else None, overrides=tuple(settings_values.items()))
     try:
-        settings = annotate_settings(options, dict(os.environ))
+        settings = annotate_settings(options, dict(os.environ))  # the model then serves both YOLO settings
         services = build_services(settings)
         setting = "-p model" if parameters.get("model") else "YOLO_DET_MODEL" if use_det_model else "YOLO_SEG_MODEL"
         model = services.yolo.get(ModelChoice(settings.yolo_seg_model, setting))
@@ -150,4 +138,22 @@ def create(**parameters: Any) -> BackendDetectionFunction:
             f"'{model.path.name}' is a detection model: use -p shape=str:boxes, a segmentation model, or SAM masks "
             "for its boxes (-p yolo_sam=bool:true -p model_name=str:sam -p sam_checkpoint_file=str:FILE)")
     logger.info("CVAT function: %s answers %s (%s)", model.path.name, shape, ", ".join(model.class_names))
-    return BackendDetectionFunction(services, list(model.class_names), shape, frames_dir)
+    return BackendDetectionFunction(services, list(model.class_names), shape, frames)
+
+
+def _settings_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The backend settings the parameters give: the `config` TOML file's, then the other `-p` keys."""
+    known = {field.name for field in dataclasses.fields(Settings)}
+    unknown = sorted(key for key in parameters if key not in known and key not in FUNCTION_PARAMETERS)
+    if unknown:
+        raise CvatFunctionError(
+            f"unknown -p parameter '{unknown[0]}': use {', '.join(FUNCTION_PARAMETERS)} or a backend setting "
+            "(the README's `--with` keys, e.g. model_root, yolo_seg_model, model_score_threshold, yolo_sam)")
+    values: dict[str, Any] = {}
+    if parameters.get("config"):
+        try:
+            values.update(load_toml_settings(Path(parameters["config"])))
+        except AnnotateError as exc:
+            raise CvatFunctionError(str(exc).replace("--config", "-p config")) from None
+    values.update((key, value) for key, value in parameters.items() if key not in FUNCTION_PARAMETERS)
+    return values
