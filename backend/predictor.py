@@ -146,19 +146,25 @@ class BatchPredictor:
         chunks = [range(start, min(start + size, len(tasks))) for start in range(0, len(tasks), size)]
         workers = max(1, min(self._settings.fetch_workers, size * len(data_keys)))
         # A bounded pipeline: while one chunk of tasks runs through the models, the next is fetched,
-        # decoded and letterboxed; at most two chunks of images are held at a time.
+        # decoded and letterboxed; at most two chunks of images are held at a time. On CUDA that overlaps
+        # the forward passes; on CPU, where a forward pass keeps every core busy (and contention slows its
+        # thread team more than preparing in parallel saves), it overlaps building the regions, one thread.
+        overlap_forward = self._models.device.startswith("cuda")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as fetch_pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare", initializer=preparing_thread) as prepare_pool:
             def prepare(chunk: range) -> list[ModelBatch]:
                 return self._prepare_chunk(tasks, chunk, plan, data_keys, credentials, fetch_pool)
 
-            # One chunk (a single task, say) is prepared right here: handing it to other threads only adds latency.
-            upcoming = prepare_pool.submit(prepare, chunks[0]) if len(chunks) > 1 else None
+            upcoming = None  # the first chunk is prepared in this thread: nothing runs meanwhile
             for position in range(len(chunks)):
                 batches = upcoming.result() if upcoming is not None else prepare(chunks[position])
-                upcoming = prepare_pool.submit(prepare, chunks[position + 1]) if position + 1 < len(chunks) else None
-                for batch in batches:
-                    self._predict_batch(batch, tasks, regions)
+                following = chunks[position + 1] if position + 1 < len(chunks) else None
+                upcoming = prepare_pool.submit(prepare, following) if following and overlap_forward else None
+                found = [self._infer(batch, tasks) for batch in batches]
+                if following and not overlap_forward:
+                    upcoming = prepare_pool.submit(prepare, following)
+                for batch, detections in zip(batches, found):
+                    self._batch_regions(batch, detections, regions)
         for control in videos:
             model_path = self._models.path(model_choice(control, self._settings, project))
             for task_index, task in enumerate(tasks):
@@ -204,13 +210,15 @@ class BatchPredictor:
             self._on_image(image)
         return image
 
-    def _predict_batch(self, batch: ModelBatch, tasks: list[dict], regions: list[list[dict]]) -> None:
+    def _infer(self, batch: ModelBatch, tasks: list[dict]) -> list:
         conf = min(self._threshold(control) for control in batch.controls)
         try:
-            detections = batch.model.infer(batch.prepared, conf)
+            return batch.model.infer(batch.prepared, conf)
         except Exception:  # one failing batch must not lose the other tasks
             logger.exception("YOLO failed on tasks %s", [task_id(tasks[i]) for i, _ in batch.items])
-            return
+            return []
+
+    def _batch_regions(self, batch: ModelBatch, detections: list, regions: list[list[dict]]) -> None:
         for (task_index, image), found in zip(batch.items, detections):
             for control in batch.controls:
                 if control.data_key == batch.data_key:
