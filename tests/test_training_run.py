@@ -134,11 +134,13 @@ def test_a_worse_model_is_kept_as_a_rejected_candidate(trained: Trained, monkeyp
 
 @pytest.mark.parametrize("fault, expected", [
     ("unreachable", "is unreachable"), ("token", "refused the API key (HTTP 401)"),
-    ("few", "annotated image(s) usable, TRAIN_MIN_IMAGES=40"), ("500", "answered HTTP 500")])
+    ("few", "annotated image(s) usable, TRAIN_MIN_IMAGES=40"), ("500", "answered HTTP 500"),
+    ("oom", "out of memory while training: lower TRAIN_BATCH or TRAIN_IMGSZ")])
 def test_job_faults_end_with_a_reason_and_nothing_published(trained: Trained, monkeypatch: pytest.MonkeyPatch,
                                                             fault: str, expected: str) -> None:
     monkeypatch.setattr(trainer, "limit_resources", lambda threads: 1)
-    settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_min_images=40)
+    settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images,
+                             train_min_images=40 if fault == "few" else 10)
     board = JobBoard(trained.root)
     url, token = trained.ls.url, TOKEN
     if fault == "unreachable":
@@ -147,6 +149,13 @@ def test_job_faults_end_with_a_reason_and_nothing_published(trained: Trained, mo
         token = "wrong-token"
     elif fault == "500":
         monkeypatch.setattr(trained.ls, "fail_with", 500)
+    elif fault == "oom":
+        from ultralytics import YOLO
+
+        def out_of_memory(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(YOLO, "train", out_of_memory)
     before = sorted(p.name for p in ProjectModels(trained.root, 12).directory.iterdir())
     assert board.request(12, "test") == "queued"
     run_job(settings, JobSpec(12, board.state(12)["job_id"], url, token), board)

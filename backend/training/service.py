@@ -43,7 +43,6 @@ class TrainingService:
         self.settings = settings
         self.board = JobBoard(settings.model_root_path)
         self.counter = AnnotationCounter(settings.model_root_path)
-        self._children: set[subprocess.Popen] = set()
 
     # ------------------------------------------------------------ webhooks
 
@@ -102,26 +101,20 @@ class TrainingService:
         with the reason, and a trigger that came in meanwhile starts the job again."""
         env = {**os.environ, **self.settings.as_environ()}
         while True:
-            process = subprocess.Popen([sys.executable, "-m", "backend.training.run"], stdin=subprocess.PIPE,
-                                       env=env, cwd=Path(__file__).resolve().parents[2])
-            self._children.add(process)
             try:
+                process = subprocess.Popen([sys.executable, "-m", "backend.training.run"], stdin=subprocess.PIPE,
+                                           env=env, cwd=Path(__file__).resolve().parents[2])
                 process.communicate(spec.to_json().encode())
-            finally:
-                self._children.discard(process)
-            code = process.returncode
-            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                code = process.returncode
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            except OSError as exc:
+                how = f"could not be started ({exc})"
             follow_up = self.board.fail_if_unfinished(
                 spec.project, spec.job_id, f"the training process {how} before it finished (out of memory?); "
                                            "the previous model keeps serving")
             if follow_up is None:
                 return
             spec = JobSpec(spec.project, follow_up, spec.hostname, spec.token)
-
-    def stop(self) -> None:
-        """End the local training processes this worker started (at shutdown)."""
-        for process in list(self._children):
-            process.terminate()
 
     # ------------------------------------------------------------ status
 
