@@ -178,7 +178,8 @@ def _disk_cache(settings: Settings, checkpoint: Path) -> DiskEmbeddings | None:
 def build_interactive(settings: Settings, cache: ModelCache, device: str, metrics: Metrics,
                       fetcher: ImageFetcher) -> InteractivePredictor:
     """Load the configured SAM (once per process); raises SamLoadError / SettingsError naming the setting."""
-    checkpoint = resolve_checkpoint(settings.sam_checkpoint_file, settings.model_root_path)
+    checkpoint = resolve_checkpoint(settings.sam_checkpoint_file, settings.model_root_path, settings.model_name,
+                                    settings.sam_config, device)
 
     def load() -> SamSegmenter:
         return SamSegmenter(load_sam(settings.model_name, settings.sam_config, checkpoint, device),

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from backend.models.sam2 import Sam2Model, load_sam2_network
 from backend.models.sam_checkpoints import (CHECKPOINT_SETTING, DEMO_CONFIG, CheckpointKind, SamLoadError,
-                                            choose_kind, mismatch_summary, read_checkpoint)
+                                            choose_kind, mismatch_summary, read_checkpoint, weights)
 from backend.models.sam_embeddings import DiskEmbeddings, ImageEmbedding, MemoryEmbeddings, image_key
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def load_sam_network(model_name: str, config: str, checkpoint: Path) -> tuple[to
     """Build the network of (MODEL_NAME, SAM_CONFIG; an empty SAM_CONFIG: the checkpoint's own) and load its weights."""
     content = read_checkpoint(checkpoint)
     kind = choose_kind(model_name, config, checkpoint, content)
+    if kind.model_name == "sam2":
+        return load_sam2_network(kind, content, checkpoint), kind
     if kind.config == DEMO_CONFIG:
         try:
             network = SamArchitecture.from_dict(content["sam_architecture"]).build()
@@ -139,9 +142,9 @@ def load_sam_network(model_name: str, config: str, checkpoint: Path) -> tuple[to
             raise SamLoadError(f"{CHECKPOINT_SETTING}='{checkpoint}' has a bad demo SAM architecture: {exc}") from None
         state_dict = content["state_dict"]
     elif kind.model_name == "mobile_sam":
-        network, state_dict = mobile_sam_network(), content
+        network, state_dict = mobile_sam_network(), weights(content)
     else:
-        network, state_dict = _registry(kind.model_name)[kind.config](checkpoint=None), content
+        network, state_dict = _registry(kind.model_name)[kind.config](checkpoint=None), weights(content)
     try:
         network.load_state_dict(state_dict, strict=True)
     except RuntimeError:
@@ -162,6 +165,21 @@ def checkpoint_fingerprint(path: Path, samples: int = 16, sample_bytes: int = 1 
 
 
 # ---------------------------------------------------------------- the model
+
+
+class PromptableModel(Protocol):
+    """What SamSegmenter needs of a model family (SamModel here, Sam2Model in backend/models/sam2.py)."""
+
+    device: torch.device
+    name: str
+
+    def embed(self, pixels: np.ndarray) -> ImageEmbedding: ...
+
+    def decode(self, embedding: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,
+               box: np.ndarray | None, multimask: bool, best_only: bool = False) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def decode_boxes(self, embedding: ImageEmbedding, boxes: np.ndarray) -> np.ndarray: ...
+
 
 
 class SamModel:
@@ -239,24 +257,25 @@ class SamModel:
         return masks > network.mask_threshold, scores
 
 
-def load_sam(model_name: str, config: str, checkpoint: Path, device: str) -> SamModel:
+def load_sam(model_name: str, config: str, checkpoint: Path, device: str) -> PromptableModel:
     """The model of (MODEL_NAME, SAM_CONFIG) with the checkpoint's weights, on `device`."""
     network, kind = load_sam_network(model_name, config, checkpoint)
-    return SamModel(network, device, f"{kind.model_name}:{kind.config}:{checkpoint.name}")
+    name = f"{kind.model_name}{kind.version.removeprefix('2')}:{kind.config}:{checkpoint.name}"
+    return Sam2Model(network, device, name) if kind.model_name == "sam2" else SamModel(network, device, name)
 
 
 # ---------------------------------------------------------------- cached embeddings
 
 
 class SamSegmenter:
-    """A SamModel whose image embeddings are computed once per image and shared by all threads.
+    """A SamModel or Sam2Model whose image embeddings are computed once per image and shared by all threads.
 
     Lookups go memory LRU, then disk, then the image encoder. The encoder runs under one lock,
     and the caches are checked again once it is held, so concurrent clicks on a new image wait
     for the first one's embedding instead of computing their own.
     """
 
-    def __init__(self, model: SamModel, memory: MemoryEmbeddings, disk: DiskEmbeddings | None,
+    def __init__(self, model: PromptableModel, memory: MemoryEmbeddings, disk: DiskEmbeddings | None,
                  on_lookup: Callable[[str], None] = lambda result: None) -> None:
         self.model = model
         self._memory = memory

@@ -43,11 +43,15 @@ class CheckpointKind:
         return f"a {title} {self.config} checkpoint"
 
 
-def resolve_checkpoint(value: str, model_root: Path) -> Path:
-    """SAM_CHECKPOINT_FILE as given: absolute, else relative to the working directory, then to MODEL_ROOT.
+def resolve_checkpoint(value: str, model_root: Path, model_name: str = "", config: str = "",
+                       device: str = "cpu") -> Path:
+    """SAM_CHECKPOINT_FILE as given: absolute, else relative to the working directory, then to MODEL_ROOT;
+    empty with SAM 2: the default size's checkpoint in MODEL_ROOT, under Meta's or Ultralytics' name.
 
     Unlike label-config `model_path` values, this comes from the operator, so any path is allowed.
     """
+    if not value and model_name in MODEL_NAMES and family(model_name) == "sam2":
+        return _default_sam2_checkpoint(model_root, config, device)
     if not value:
         raise SamLoadError(f"{CHECKPOINT_SETTING} is empty: set it to a SAM checkpoint, e.g. ./sam_vit_b_01ec64.pth")
     path = Path(value).expanduser()
@@ -142,7 +146,7 @@ def mismatch_summary(model: torch.nn.Module, state: dict) -> str:
 
 # ---------------------------------------------------------------- MODEL_NAME and SAM_CONFIG against the checkpoint
 
-MODEL_NAMES = {"sam": "sam", "mobile_sam": "mobile_sam", "sam_hq": "sam_hq"}
+MODEL_NAMES = {"sam": "sam", "mobile_sam": "mobile_sam", "sam_hq": "sam_hq", "sam2": "sam2", "sam2.1": "sam2"}
 CONFIGS: dict[str, tuple[str, ...]] = {
     "sam": ("vit_b", "vit_l", "vit_h", DEMO_CONFIG),
     "mobile_sam": ("vit_t",),
@@ -198,3 +202,25 @@ def choose_kind(model_name: str, config: str, checkpoint: Path, content: dict) -
         raise SamLoadError(f"{where} is {kind.describe()}, which does not fit SAM_CONFIG={config or '(empty)'} with "
                            f"MODEL_NAME={model_name}: set {settings}, or leave SAM_CONFIG empty")
     return kind
+
+
+# ---------------------------------------------------------------- SAM 2.1's default checkpoints
+
+SAM2_DOWNLOADS = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+SAM2_FILES = {  # Meta's file name, Ultralytics' file name
+    "hiera_t": ("sam2.1_hiera_tiny.pt", "sam2.1_t.pt"), "hiera_s": ("sam2.1_hiera_small.pt", "sam2.1_s.pt"),
+    "hiera_b+": ("sam2.1_hiera_base_plus.pt", "sam2.1_b.pt"), "hiera_l": ("sam2.1_hiera_large.pt", "sam2.1_l.pt"),
+}
+
+
+def _default_sam2_checkpoint(model_root: Path, config: str, device: str) -> Path:
+    """On CPU the smallest SAM 2.1 (Hiera tiny: the fastest encoder), on CUDA the best (Hiera large),
+    unless SAM_CONFIG names a size."""
+    size = parse_config("sam2", config)[0] if config else ("hiera_l" if device.startswith("cuda") else "hiera_t")
+    for name in SAM2_FILES[size]:
+        if (model_root / name).is_file():
+            return (model_root / name).resolve()
+    meta, ultralytics = SAM2_FILES[size]
+    raise SamLoadError(f"{CHECKPOINT_SETTING} is empty and MODEL_ROOT ({model_root}) holds neither {meta} nor "
+                       f"{ultralytics}, SAM 2.1's {size} for {device}: download {SAM2_DOWNLOADS}{meta} into it, "
+                       f"or set {CHECKPOINT_SETTING}")
