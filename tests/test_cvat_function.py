@@ -185,6 +185,18 @@ def test_yolo_sam_gives_sam_masks_for_a_detection_models_boxes(make_function, ma
     assert found > 0
 
 
+def test_frames_with_alpha_or_a_palette_are_predicted_on_their_colors(make_function, image_root: Path) -> None:
+    function = make_function(yolo_seg_model=DEMO_SEG, shape="masks")
+    image = frame(image_root, SHAPES_SEEDS[0])
+    expected = [s.to_dict() for s in function.detect(context(), image)]
+    assert expected
+    for other in (image.convert("RGBA"), image.convert("RGBA").convert("RGBa")):
+        assert [s.to_dict() for s in function.detect(context(), other)] == expected
+    palette = image.quantize(256)
+    assert [s.to_dict() for s in function.detect(context(), palette)] == [
+        s.to_dict() for s in function.detect(context(), palette.convert("RGB"))]
+
+
 def test_a_detection_model_alone_defaults_to_boxes(make_function) -> None:
     assert make_function(yolo_det_model=DEMO_DET).shape == "boxes"
     assert make_function(yolo_seg_model=DEMO_SEG).shape == "polygons"
