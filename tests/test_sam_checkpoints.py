@@ -131,6 +131,9 @@ def test_files_that_are_no_sam_checkpoint_say_what_they_hold(tmp_path: Path) -> 
         "is not a Segment Anything checkpoint: it holds 1 entries such as 'weight' and no Segment Anything image encoder")
     odd = save(tmp_path, "odd.pth", vit_layout(96, 0))
     assert load_error("sam", "vit_b", odd).endswith("it holds a ViT image encoder 96 wide, which no SAM size has")
+    odd_hiera = save(tmp_path, "odd.pt", hiera_layout(20, sam2_1=True))
+    assert load_error("sam", "", odd_hiera).endswith(
+        "it holds a Hiera image encoder of 20 blocks, which no SAM 2 size has (12, 16, 24, 48)")
 
 
 def test_a_partial_checkpoint_is_summarised_not_dumped(tmp_path: Path, vit_b_state: dict) -> None:

@@ -127,6 +127,9 @@ def what_it_holds(content: dict) -> str:
     width = encoder_width(state)
     if width is not None:
         return f"a ViT image encoder {width} wide, which no SAM size has"
+    hiera_blocks = _count_blocks(keys, "image_encoder.trunk.blocks.")
+    if hiera_blocks:
+        return f"a Hiera image encoder of {hiera_blocks} blocks, which no SAM 2 size has ({', '.join(map(str, HIERA_DEPTHS))})"
     sample = f" such as '{keys[0]}'" if keys else ""
     return f"{len(keys)} entries{sample} and no Segment Anything image encoder"
 
