@@ -108,6 +108,12 @@ def test_internal_addresses_are_refused_by_default(fake_dns: dict, tmp_path: Pat
     assert "ALLOWED_URL_HOSTS" in message
 
 
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.0.0.1", "127.1", "[::ffff:7f00:1]", "localhost", "0"])
+def test_other_spellings_of_loopback_are_refused_after_resolution(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ImageError, match="a (loopback|unspecified) address"):
+        fetch(tmp_path, f"http://{host}:1/img.png")
+
+
 def test_a_hostname_resolving_to_loopback_is_refused_before_any_connection(fake_dns: dict, tmp_path: Path,
                                                                            image_host: ImageHost) -> None:
     port = urlparse(image_host.url).port
