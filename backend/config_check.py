@@ -31,6 +31,9 @@ class LabelMatch:
 
 def match_labels(control: Control, class_names: Sequence[str]) -> LabelMatch:
     produced = {control.label_for(name) for name in class_names} - {None}
+    if control.tag == "KeyPointLabels":  # its labels name keypoints (model_index) of a class, or of any class
+        classes = {name.lower() for name in class_names} | {""}
+        produced = {keypoint.label for keypoint in control.options.keypoints if keypoint.class_name in classes}
     return LabelMatch(tuple(label for label in control.labels if label in produced),
                       tuple(label for label in control.labels if label not in produced))
 
@@ -72,8 +75,8 @@ class ConfigReporter:
     def report_tags(self, config: LabelConfig) -> None:
         if config.unanswered and self._first_time(("tags", config.unanswered)):
             logger.warning("the labeling config has control tags this backend does not predict: %s "
-                           "(it answers RectangleLabels, PolygonLabels and BrushLabels, and smart KeyPointLabels/"
-                           "RectangleLabels with SAM)", ", ".join(config.unanswered))
+                           "(it answers RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels (pose), Choices and "
+                           "VideoRectangle, and smart KeyPointLabels/RectangleLabels with SAM)", ", ".join(config.unanswered))
 
     def report_control(self, control: Control, model_key: tuple, model_name: str, class_names: Sequence[str]) -> None:
         if self._first_time(("control", control, model_key)):

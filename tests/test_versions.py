@@ -131,5 +131,5 @@ def test_digest_is_computed_once_per_file_state(tmp_path: Path, monkeypatch: pyt
 
 def test_a_config_without_models_is_named_none(image_root: Path, tmp_path: Path, model_root: Path) -> None:
     client = app(image_root, tmp_path, model_root)
-    config = config_xml('<Choices name="c" toName="image"><Choice value="a"/></Choices>')
+    config = config_xml('<TextArea name="c" toName="image"/>')  # (Choices have a classification model)
     assert client.app.state.get_services().model_version(parse_label_config(config)) == "none"

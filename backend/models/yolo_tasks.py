@@ -101,6 +101,8 @@ class TaskYoloModel:
         if self.imgsz:
             options["imgsz"] = self.imgsz
         with self._lock:
+            if self._model.predictor is None:  # Ultralytics' set-up lowers the thread count: set up first
+                self._model.predict(np.zeros((32, 32, 3), np.uint8), **{**options, "batch": 1})
             torch.set_num_threads(INFERENCE_THREADS)
             results = self._model.predict(batch, **options)
         return [task_output(result) for result in results]

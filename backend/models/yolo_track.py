@@ -88,10 +88,11 @@ def track_video(video: Path, model_path: Path, options: TrackOptions, time_limit
     frames: list[TrackedFrame] = []
     deadline = time.monotonic() + time_limit
     complete = True
-    torch.set_num_threads(INFERENCE_THREADS)
     results = model.track(str(video), **track_options)
     try:
         for result in results:
+            if not frames:  # Ultralytics' set-up, run for the first frame, lowered the thread count
+                torch.set_num_threads(INFERENCE_THREADS)
             frames.append(tracked_frame(len(frames), result))
             if time.monotonic() > deadline:
                 complete = False
