@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640, help="inference size for both sides")
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per side for each single image")
-    parser.add_argument("--batch-repeats", type=int, default=3, help="timed runs per side for each batch")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="timed runs per side for each batch (>= 1)")
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--only", default=",".join([*SINGLE, *BATCH]), help="comma-separated scenarios")
@@ -127,6 +127,8 @@ def main() -> None:
     unknown = set(scenarios) - set(SINGLE) - set(BATCH)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.repeats < 1 or args.batch_repeats < 1:
+        parser.error("--repeats and --batch-repeats must be at least 1")
 
     import torch
     from ultralytics import YOLO
@@ -182,11 +184,12 @@ def main() -> None:
                   f"ratio {backend_ms / direct_ms:.3f} (target <= {SINGLE[scenario]})")
         for scenario in (s for s in BATCH if s in scenarios):
             names = files[scenario.removesuffix("-batch")]
-            with PeakMemory() as backend_memory:
-                backend_call(names)
+            with PeakMemory() as backend_memory:  # the first timed run of each side
+                backend_times = [timed(backend_call, names)]
             with PeakMemory() as direct_memory:
-                direct_call(names)
-            backend_times, direct_times = alternate(args.batch_repeats, names)
+                direct_times = [timed(direct_call, names)]
+            more_backend, more_direct = alternate(args.batch_repeats - 1, names)
+            backend_times, direct_times = backend_times + more_backend, direct_times + more_direct
             backend_rate, direct_rate = len(names) / statistics.median(backend_times), len(names) / statistics.median(direct_times)
             print(f"{scenario}: {len(names)} tasks in one request, batch size {args.batch_size}")
             print(f"  backend {backend_rate:.2f} images/s, Ultralytics batch predict {direct_rate:.2f} images/s: "

@@ -103,11 +103,13 @@ class YoloModel:
         """Letterbox the images into one input tensor (Ultralytics' own preprocessing). Needs no lock:
         a pipeline prepares the next batch while `infer` runs the current one."""
         predictor = self._setup()
-        # Ultralytics takes BGR images and swaps the channels of the small letterboxed tensor; letterboxing
-        # treats channels alike, so RGB images go in as they are and the tensor's channels are swapped back
-        # (the same tensor, without copying each full-size image into BGR first).
+        # Ultralytics' `preprocess` without its BGR -> RGB swap: letterboxing treats channels alike, so
+        # RGB images give the tensor it makes from BGR ones, without a BGR copy of each image.
         with torch.inference_mode():
-            tensor = predictor.preprocess([np.asarray(image) for image in images_rgb]).flip(1)
+            letterboxed = predictor.pre_transform(list(images_rgb))
+            batch = torch.from_numpy(np.stack(letterboxed)) if len(letterboxed) > 1 else torch.from_numpy(letterboxed[0])[None]
+            tensor = batch.to(predictor.device).permute(0, 3, 1, 2).contiguous()
+            tensor = (tensor.half() if predictor.model.fp16 else tensor.float()).div_(255)
         return PreparedBatch(tensor, [image.shape for image in images_rgb])
 
     def infer(self, prepared: PreparedBatch, conf: float) -> list[Detections]:
