@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from cvat_sdk import models
@@ -22,8 +23,9 @@ from cvat_cli._internal.agent_driver_detection import AgentDetectionFunctionDriv
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from backend.app import build_services, create_app
 from backend.geometry import ls_rect_corners, ls_rect_to_box, ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
-from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT, SHAPES_SEEDS, local_url
+from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT, SHAPES_SEEDS, demo_settings, local_url
 from tests.fake_cvat import FakeCvat, FakeTask
 from tools.annotate_dir import label_config_xml
 from tools.cvat_function import BackendDetectionFunction, CvatFunctionError, create
@@ -68,7 +70,8 @@ def dataset_labels(label_type: str = "any", names: tuple[str, ...] = CLASS_NAMES
 def mapped(function: BackendDetectionFunction, shapes: list, label_type: str = "any", conv_mask_to_poly: bool = False,
            frame_index: int = 3) -> list[models.LabeledShapeRequest]:
     """The shapes after the SDK driver's own validation and label mapping (it raises BadFunctionError)."""
-    mapper = _AnnotationMapper(logging.getLogger("test"), function.spec.labels, dataset_labels(label_type),
+    names = tuple(label.name for label in function.spec.labels)
+    mapper = _AnnotationMapper(logging.getLogger("test"), function.spec.labels, dataset_labels(label_type, names),
                                allow_unmatched_labels=False, conv_mask_to_poly=conv_mask_to_poly)
     tags, remapped = mapper.validate_and_remap(copy.deepcopy(shapes), frame_index)
     assert tags == [] and len(remapped) == len(shapes)
@@ -195,6 +198,48 @@ def test_frames_with_alpha_or_a_palette_are_predicted_on_their_colors(make_funct
     palette = image.quantize(256)
     assert [s.to_dict() for s in function.detect(context(), palette)] == [
         s.to_dict() for s in function.detect(context(), palette.convert("RGB"))]
+
+
+def test_an_obb_model_answers_rotated_rectangles_of_the_backends_regions(tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    YOLO("yolov8n-obb.yaml").save(tmp_path / "obb.pt")  # random weights: boxes only at a threshold of 0
+    images = tmp_path / "images"
+    images.mkdir()
+    names = [f"shapes_{seed}.png" for seed in SHAPES_SEEDS[:3]]
+    for name, seed in zip(names, SHAPES_SEEDS):
+        cv2.imwrite(str(images / name), generate_image(seed, size=64).image)
+    small = {"model_root": str(tmp_path), "yolo_obb_model": "obb.pt", "yolo_imgsz": 64}  # few candidates, quick NMS
+    function = create(cache_dir=str(tmp_path / "cache"), **small)
+    assert function.shape == "boxes" and function.rotated
+    assert {label.type for label in function.spec.labels} == {"rectangle"}
+    settings = demo_settings(images, tmp_path / "backend-cache", **small)
+    config = label_config_xml([label.name for label in function.spec.labels], "boxes").replace(
+        "<RectangleLabels ", '<RectangleLabels model_obb="true" model_score_threshold="0" ')
+    rotated = 0
+    with TestClient(create_app(settings, build_services(settings))) as client:
+        for name in names:
+            with Image.open(images / name) as image:
+                shapes = function.detect(context(conf_threshold=0.0), image.convert("RGB"))
+            response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url(name)}}],
+                                                     "label_config": config})
+            regions = response.json()["results"][0]["result"]
+            assert len(shapes) == len(regions) > 0
+            for cvat_shape, region in zip(shapes, regions):
+                assert function.spec.labels[cvat_shape.label_id].name == region["value"]["rectanglelabels"][0]
+                assert cvat_shape.type.value == "rectangle"
+                x1, y1, x2, y2 = cvat_shape.points
+                theta = np.radians(cvat_shape.rotation)
+                center = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+                corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]) - center
+                turned = corners @ np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) + center
+                assert np.abs(turned - ls_rect_corners(region["value"], 64, 64)).max() <= 0.5
+                rotated += cvat_shape.rotation != 0
+            mapped(function, shapes, "rectangle")
+    assert rotated > 0
+    with pytest.raises(CvatFunctionError) as masks:
+        create(model_root=str(tmp_path), yolo_obb_model="obb.pt", shape="masks", cache_dir=str(tmp_path / "cache"))
+    assert "OBB model" in one_sentence(masks)
 
 
 def test_a_detection_model_alone_defaults_to_boxes(make_function) -> None:

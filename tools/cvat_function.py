@@ -42,7 +42,8 @@ else:
 
 CVAT_LABEL_TYPES = {"boxes": "rectangle", "polygons": "polygon", "masks": "mask"}
 FUNCTION_PARAMETERS = ("config", "model", "shape")  # the -p keys that are not backend settings
-SHAPE_TASKS = ("detect", "segment")  # YOLO tasks whose regions CVAT rectangles, polygons and masks hold
+SHAPE_TASKS = ("detect", "segment", "obb")  # YOLO tasks whose regions CVAT rectangles, polygons and masks hold
+MODEL_SETTINGS = ("yolo_det_model", "yolo_seg_model", "yolo_obb_model")  # settings that may name the answering model
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ class CvatFunctionError(*_ERROR_BASES):
 class BackendDetectionFunction:
     """A CVAT detection function answering with the backend's predictions for one model and shape."""
 
-    def __init__(self, services: Any, class_names: list[str], shape: str, frames: tempfile.TemporaryDirectory) -> None:
+    def __init__(self, services: Any, class_names: list[str], shape: str, frames: tempfile.TemporaryDirectory,
+                 rotated: bool = False) -> None:
         self.shape = shape
+        self.rotated = rotated  # an OBB model: rotated rectangles
         self._services = services  # backend.services.Services whose LOCAL_FILES_DOCUMENT_ROOT is `frames`
         self._class_names = class_names
         self._label_ids = {name: index for index, name in enumerate(class_names)}
@@ -68,12 +71,15 @@ class BackendDetectionFunction:
             cvataa.label_spec(name, label_id, type=label_type) for name, label_id in self._label_ids.items()])
 
     def label_config(self, shape: str, conf_threshold: float | None = None) -> LabelConfig:
-        """The labeling config the backend answers for `shape`; a threshold replaces MODEL_SCORE_THRESHOLD."""
+        """The labeling config the backend answers for `shape` (`model_obb` for an OBB model); a threshold
+        replaces MODEL_SCORE_THRESHOLD."""
         config = parse_label_config(label_config_xml(self._class_names, shape))
-        if conf_threshold is None:
-            return config
-        return dataclasses.replace(config, controls=tuple(
-            dataclasses.replace(control, score_threshold=conf_threshold) for control in config.controls))
+        controls = config.controls
+        if self.rotated:
+            controls = tuple(dataclasses.replace(c, options=dataclasses.replace(c.options, obb=True)) for c in controls)
+        if conf_threshold is not None:
+            controls = tuple(dataclasses.replace(control, score_threshold=conf_threshold) for control in controls)
+        return dataclasses.replace(config, controls=controls)
 
     def detect(self, context: cvataa.DetectionFunctionContext, image: PIL.Image.Image) -> list[models.LabeledShapeRequest]:
         shape = "polygons" if self.shape == "masks" and context.conv_mask_to_poly else self.shape
@@ -115,22 +121,31 @@ def create(**parameters: Any) -> BackendDetectionFunction:
     if shape is not None and shape not in SHAPE_TAGS:
         raise CvatFunctionError(f"-p shape must be {', '.join(SHAPE_TAGS)}, not '{shape}'")
     settings_values = _settings_values(parameters)
-    # One model answers: the one named alone, else the detection model for boxes, the segmentation model otherwise.
-    named = {key for key in ("yolo_det_model", "yolo_seg_model") if key in settings_values}
-    use_det_model = named == {"yolo_det_model"} or (shape == "boxes" and named != {"yolo_seg_model"})
+    # One model answers: `model`, the one named alone, else the detection model for boxes, the segmentation model.
+    named = [key for key in MODEL_SETTINGS if key in settings_values]
+    alone = named[0] if len(named) == 1 and not parameters.get("model") else None
+    use_det_model = alone == "yolo_det_model" or (alone is None and shape == "boxes")
     frames = tempfile.TemporaryDirectory(prefix="cvat-frames-")  # where the predictor reads each frame from
     options = AnnotateOptions(Path(frames.name), model=parameters.get("model"),
                               shape="boxes" if use_det_model else None, overrides=tuple(settings_values.items()))
     try:
-        settings = annotate_settings(options, dict(os.environ))  # the model then serves both YOLO settings
+        settings = annotate_settings(options, dict(os.environ))
+        setting = "yolo_obb_model" if alone == "yolo_obb_model" else "yolo_det_model" if use_det_model else "yolo_seg_model"
+        model_value = getattr(settings, setting)
+        # The model serves every control the function's labeling config may have.
+        settings = dataclasses.replace(settings, **{key: model_value for key in MODEL_SETTINGS})
         services = build_services(settings)
-        setting = "-p model" if parameters.get("model") else "YOLO_DET_MODEL" if use_det_model else "YOLO_SEG_MODEL"
-        model = services.yolo.get(ModelChoice(settings.yolo_seg_model, setting))
+        model = _answering_model(services, ModelChoice(model_value, "-p model" if parameters.get("model") else setting.upper()))
     except (AnnotateError, ModelPathError, SettingsError, ImportError, OSError) as exc:
         raise CvatFunctionError(str(exc)) from None
     if model.task not in SHAPE_TASKS:
-        raise CvatFunctionError(f"'{model.path.name}' is a YOLO '{model.task}' model, whose results CVAT rectangles, "
-                                "polygons and masks cannot hold: use a detection or segmentation model")
+        raise CvatFunctionError(f"'{model.path.name}' is a YOLO '{model.task}' model, whose results this function cannot "
+                                "give as CVAT shapes: use a detection, segmentation or OBB model")
+    if model.task == "obb":
+        if shape not in (None, "boxes"):
+            raise CvatFunctionError(f"'{model.path.name}' is an OBB model, which answers rotated rectangles: use -p shape=str:boxes")
+        logger.info("CVAT function: %s answers rotated rectangles (%s)", model.path.name, ", ".join(model.class_names))
+        return BackendDetectionFunction(services, list(model.class_names), "boxes", frames, rotated=True)
     segments_boxes = settings.yolo_sam and services.interactive is not None
     shape = shape or ("polygons" if model.has_masks or segments_boxes else "boxes")
     if shape != "boxes" and not (model.has_masks or segments_boxes):
@@ -139,6 +154,21 @@ def create(**parameters: Any) -> BackendDetectionFunction:
             "for its boxes (-p yolo_sam=bool:true -p model_name=str:sam -p sam_checkpoint_file=str:FILE)")
     logger.info("CVAT function: %s answers %s (%s)", model.path.name, shape, ", ".join(model.class_names))
     return BackendDetectionFunction(services, list(model.class_names), shape, frames)
+
+
+def _answering_model(services: Any, choice: Any) -> Any:
+    """The YOLO model of `choice` (backend.predictor.ModelChoice), of any task the backend loads."""
+    from backend.models.cache import ModelPathError
+
+    try:
+        return services.yolo.get(choice)  # detection and segmentation
+    except ModelPathError as refused:
+        if not services.yolo.path(choice).is_file():
+            raise
+        try:
+            return services.yolo.get(dataclasses.replace(choice, task_model=True))  # OBB, pose, classification
+        except ModelPathError:
+            raise refused from None
 
 
 def _settings_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
