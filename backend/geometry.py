@@ -205,8 +205,8 @@ def mask_window_to_ls_rle(window: np.ndarray, x0: int, y0: int, width: int, heig
     x0, y0): the same bytes as `mask_to_ls_rle` of the full mask, without building it."""
     n_pixels = width * height
     window_height, window_width = window.shape
-    if window.size == 0 or n_pixels == 0:
-        return mask_to_ls_rle(np.zeros((height, width), bool))
+    if window.size == 0 or n_pixels == 0:  # all background: one run
+        return _runs_to_ls_rle(n_pixels, np.zeros(1, np.int64), np.zeros(1, bool))
     # Rows of a window narrower than the image are separated by background, so each row padded with
     # a background pixel on both sides holds all of its changes; a full-width window is one segment.
     narrow = window_width < width
