@@ -198,7 +198,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         config = _label_config(payload, "schema", {})
         _check_model_paths(services, config)
         services.setup_store.save(project, hostname.rstrip("/"), access_token, payload.get("schema"))
-        services.report_config_in_background(config)  # loads the models: Label Studio should not wait on it
+        services.report_config_in_background(config, project)  # loads the models: Label Studio should not wait on it
         return {"model_version": services.model_version(config, project)}
 
     @app.post("/predict")
@@ -226,7 +226,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             return {"results": await run_in_threadpool(_interactive, services, tasks, config, context, credentials,
                                                        version)}
         try:
-            await run_in_threadpool(services.report_config, config)
+            await run_in_threadpool(services.report_config, config, project)
             results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials, version, project)
         except (ModelPathError, PredictionConfigError) as exc:
             raise BadRequest(str(exc)) from None

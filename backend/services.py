@@ -104,11 +104,11 @@ class Services:
         thread.start()
         return thread
 
-    def report_config(self, config: LabelConfig) -> None:
+    def report_config(self, config: LabelConfig, project: object = None) -> None:
         """Log (once per config and model) which labels each control's model can produce; loads the models."""
         self.reporter.report_tags(config)
         for control in config.prediction_controls:
-            choice = model_choice(control, self.settings)
+            choice = model_choice(control, self.settings, project)
             try:
                 model = self.yolo.get(choice)
             except ModelPathError as exc:
@@ -117,8 +117,8 @@ class Services:
             self.reporter.report_control(control, (str(model.path), model.class_names), model.path.name,
                                          model.class_names)
 
-    def report_config_in_background(self, config: LabelConfig) -> None:
-        threading.Thread(target=self.report_config, args=(config,), name="config-check", daemon=True).start()
+    def report_config_in_background(self, config: LabelConfig, project: object = None) -> None:
+        threading.Thread(target=self.report_config, args=(config, project), name="config-check", daemon=True).start()
 
 
 def build_services(settings: Settings) -> Services:
