@@ -211,3 +211,48 @@ def test_project_ids_and_settings() -> None:
         with pytest.raises(SettingsError):
             Settings.load(bad, environ={})
     assert Settings.load({"train_queue": "redis://localhost:6379/0"}, environ={}).train_queue
+
+
+def test_brush_masks_train_segmentation_and_untrainable_controls_are_left_out(tmp_path: Path) -> None:
+    """Dataset of a config with a trainable BrushLabels and a model_trainable="false" RectangleLabels."""
+    import cv2
+
+    from backend.geometry import mask_to_ls_rle, mask_to_polygons
+    from backend.images import ImageFetcher
+    from backend.label_studio import AccessTokens
+    from backend.training.dataset import ProjectData, TooFewImages, build_dataset
+    from tools.shapes_dataset import generate_image
+
+    config = config_xml(f'<BrushLabels name="brush" toName="image">{RENAMED}</BrushLabels>',
+                        f'<RectangleLabels name="fixed" toName="image" model_trainable="false">{RENAMED}</RectangleLabels>')
+    images = tmp_path / "images"
+    images.mkdir()
+    tasks = []
+    for index, seed in enumerate(range(6000, 6006)):
+        sample = generate_image(seed)
+        cv2.imwrite(str(images / f"s{seed}.png"), sample.image)
+        height, width = sample.image.shape[:2]
+        regions = [{"from_name": "brush", "to_name": "image", "type": "brushlabels", "original_width": width,
+                    "original_height": height, "value": {"format": "rle", "rle": mask_to_ls_rle(instance.mask),
+                                                         "brushlabels": [("disc", "box", "wedge")[instance.class_id]]}}
+                   for instance in sample.instances]
+        regions.append({"from_name": "fixed", "to_name": "image", "type": "rectanglelabels", "original_width": width,
+                        "original_height": height, "value": {"x": 1, "y": 1, "width": 5, "height": 5,
+                                                             "rectanglelabels": ["box"]}})
+        tasks.append({"id": index + 1, "data": {"image": f"/data/local-files/?d=s{seed}.png"},
+                      "annotations": [{"id": index + 1, "result": regions, "was_cancelled": False}]})
+    tasks.append({"id": 99, "data": {"image": "/data/local-files/?d=missing.png"},
+                  "annotations": [{"id": 99, "result": [], "was_cancelled": False}]})
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    fetcher = ImageFetcher(tmp_path / "cache", str(images), 10.0, 10**8, AccessTokens(timeout=10.0), 10**8)
+    data = ProjectData("brush", config, export)
+    dataset = build_dataset(data, fetcher, None, tmp_path / "dataset", 6, 0.5)
+    assert (dataset.task, dataset.classes, dataset.images, dataset.images_failed) == ("segment", ("disc", "box", "wedge"), 6, 1)
+    lines = [line.split() for path in (tmp_path / "dataset" / "labels").rglob("*.txt")
+             for line in path.read_text().splitlines()]
+    outlines = sum(len(mask_to_polygons(instance.mask, tolerance=0.5)) for seed in range(6000, 6006)
+                   for instance in generate_image(seed).instances)
+    assert len(lines) == outlines  # one polygon per brush part; the untrainable rectangles are not there
+    with pytest.raises(TooFewImages, match="6 annotated image"):
+        build_dataset(data, fetcher, None, tmp_path / "dataset2", 7, 0.5)
