@@ -32,6 +32,7 @@ from tools.cvat_function import BackendDetectionFunction, CvatFunctionError, cre
 from tools.shapes_dataset import CLASS_NAMES, generate_image
 
 SHAPES = {"boxes": DEMO_DET, "polygons": DEMO_SEG, "masks": DEMO_SEG}
+DEMO_POSE = "demo-shapes-pose.pt"
 DEMO_SAM = {"yolo_sam": True, "model_name": "sam", "sam_config": "demo", "sam_checkpoint_file": str(MODELS_DIR / "demo-tiny-sam.pt")}
 THRESHOLD = 0.25  # the backend test client's MODEL_SCORE_THRESHOLD
 
@@ -242,6 +243,47 @@ def test_an_obb_model_answers_rotated_rectangles_of_the_backends_regions(tmp_pat
     assert "OBB model" in one_sentence(masks)
 
 
+def test_a_pose_model_answers_skeletons_of_the_backends_keypoints(make_function, make_client, image_root: Path) -> None:
+    function = make_function(yolo_pose_model=DEMO_POSE)
+    keypoints = [str(k) for k in range(4)]  # the demo pose model's keypoints (Ultralytics' default names)
+    assert [(label.name, label.type, [(sl.name, sl.id, sl.type) for sl in label.sublabels]) for label in function.spec.labels] == [
+        (name, "skeleton", [(k, index, "points") for index, k in enumerate(keypoints)]) for name in ("triangle", "square")]
+    DetectionFunctionSpec(labels=function.spec.labels)
+    labels = "".join(f'<Label value="{name} {k}" model_index="{k}" predicted_values="{name}"/>'
+                     for name in ("triangle", "square") for k in keypoints)
+    config = f'<View><Image name="image" value="$image"/><KeyPointLabels name="kp" toName="image">{labels}</KeyPointLabels></View>'
+    client = make_client(yolo_pose_model=DEMO_POSE)
+    found = 0
+    for seed in SHAPES_SEEDS:
+        skeletons = function.detect(context(), frame(image_root, seed))
+        response = client.post("/predict", json={"tasks": [{"id": seed, "data": {"image": local_url(f"shapes_{seed}.png")}}],
+                                                 "label_config": config})
+        objects: dict[str, list[dict]] = {}  # the backend's keypoints by object: later ones name the first as parentID
+        for region in response.json()["results"][0]["result"]:
+            objects.setdefault(region.get("parentID") or region["id"], []).append(region)
+        assert len(skeletons) == len(objects)
+        for skeleton, regions in zip(skeletons, objects.values()):
+            class_name = regions[0]["value"]["keypointlabels"][0].split()[0]
+            assert skeleton.type.value == "skeleton" and function.spec.labels[skeleton.label_id].name == class_name
+            by_index = {int(r["value"]["keypointlabels"][0].split()[1]): r for r in regions}
+            assert [element.label_id for element in skeleton.elements] == list(range(4))
+            for element in skeleton.elements:
+                region = by_index.get(element.label_id)
+                assert element.outside == (region is None)
+                if region is not None:
+                    np.testing.assert_allclose(element.points, percent_to_pixels(
+                        np.array([region["value"]["x"], region["value"]["y"]]), region["original_width"], region["original_height"]), atol=1e-6)
+        skeleton_labels = [models.Label._new_from_openapi_data(
+            id=100 + index, name=label.name, type="skeleton", attributes=[], sublabels=[
+                models.Sublabel._new_from_openapi_data(id=200 + 10 * index + sl.id, name=sl.name, type="points", attributes=[])
+                for sl in label.sublabels]) for index, label in enumerate(function.spec.labels)]
+        mapper = _AnnotationMapper(logging.getLogger("test"), function.spec.labels, skeleton_labels,
+                                   allow_unmatched_labels=False, conv_mask_to_poly=False)
+        assert len(mapper.validate_and_remap(copy.deepcopy(skeletons), 0)[1]) == len(skeletons)
+        found += len(skeletons)
+    assert found >= len(SHAPES_SEEDS)
+
+
 def test_a_detection_model_alone_defaults_to_boxes(make_function) -> None:
     assert make_function(yolo_det_model=DEMO_DET).shape == "boxes"
     assert make_function(yolo_seg_model=DEMO_SEG).shape == "polygons"
@@ -280,13 +322,16 @@ def test_bad_usage_is_one_clear_sentence(tmp_path: Path) -> None:
     assert "-p config" in one_sentence(bad_config) and "not valid TOML" in str(bad_config.value)
 
 
-def test_a_pose_model_is_refused_with_one_sentence(tmp_path: Path) -> None:
+def test_a_classification_model_is_refused_with_one_sentence(tmp_path: Path) -> None:
     from ultralytics import YOLO
 
-    YOLO("yolov8n-pose.yaml").save(tmp_path / "pose.pt")  # random weights, built offline
+    YOLO("yolov8n-cls.yaml").save(tmp_path / "cls.pt")  # random weights, built offline
     with pytest.raises(CvatFunctionError) as refused:
-        create(model_root=str(tmp_path), yolo_seg_model="pose.pt", cache_dir=str(tmp_path / "cache"))
-    assert "'pose' model" in one_sentence(refused)
+        create(model_root=str(tmp_path), yolo_seg_model="cls.pt", cache_dir=str(tmp_path / "cache"))
+    assert "'classify' model" in one_sentence(refused)
+    with pytest.raises(CvatFunctionError) as pose_shape:
+        create(model_root=str(MODELS_DIR), yolo_pose_model=DEMO_POSE, shape="masks", cache_dir=str(tmp_path / "cache"))
+    assert "pose model" in one_sentence(pose_shape)
 
 
 def test_settings_come_from_a_toml_file_with_p_overrides(tmp_path: Path, image_root: Path) -> None:

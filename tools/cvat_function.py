@@ -7,7 +7,8 @@ cvat-cli passes the `-p NAME=TYPE:VALUE` parameters to `create(**parameters)`: t
 settings (the README's `--with` keys), `config` (a TOML file of them, as `annotate_dir --config`),
 `model` (a .pt file, or a name in MODEL_ROOT) and `shape` (boxes, polygons or masks). Every frame
 goes through the backend's own batch predictor with a labeling config made of the model's class
-names, and each Label Studio region it answers becomes a CVAT shape through backend.geometry.
+names, and each Label Studio region it answers becomes a CVAT shape through backend.geometry:
+rectangles (rotated for OBB models), polygons, masks, and skeletons from a pose model's keypoints.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
@@ -42,8 +44,8 @@ else:
 
 CVAT_LABEL_TYPES = {"boxes": "rectangle", "polygons": "polygon", "masks": "mask"}
 FUNCTION_PARAMETERS = ("config", "model", "shape")  # the -p keys that are not backend settings
-SHAPE_TASKS = ("detect", "segment", "obb")  # YOLO tasks whose regions CVAT rectangles, polygons and masks hold
-MODEL_SETTINGS = ("yolo_det_model", "yolo_seg_model", "yolo_obb_model")  # settings that may name the answering model
+SHAPE_TASKS = ("detect", "segment", "obb", "pose")  # YOLO tasks whose regions CVAT rectangles, polygons and masks hold
+MODEL_SETTINGS = ("yolo_det_model", "yolo_seg_model", "yolo_obb_model", "yolo_pose_model")  # settings that may name the answering model
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class BackendDetectionFunction:
     def label_config(self, shape: str, conf_threshold: float | None = None) -> LabelConfig:
         """The labeling config the backend answers for `shape` (`model_obb` for an OBB model); a threshold
         replaces MODEL_SCORE_THRESHOLD."""
-        config = parse_label_config(label_config_xml(self._class_names, shape))
+        config = parse_label_config(self._config_xml(shape))
         controls = config.controls
         if self.rotated:
             controls = tuple(dataclasses.replace(c, options=dataclasses.replace(c.options, obb=True)) for c in controls)
@@ -92,7 +94,53 @@ class BackendDetectionFunction:
             [prediction] = self._services.predictor.predict([task], config, None, model_version="")
         finally:
             frame.unlink(missing_ok=True)
-        return [region_shape(region, self._label_ids) for region in prediction["result"]]
+        return self.shapes(prediction["result"])
+
+    def shapes(self, regions: list[dict]) -> list[models.LabeledShapeRequest]:
+        """The CVAT shapes of one frame's Label Studio regions."""
+        return [region_shape(region, self._label_ids) for region in regions]
+
+    def _config_xml(self, shape: str) -> str:
+        return label_config_xml(self._class_names, shape)
+
+
+class SkeletonFunction(BackendDetectionFunction):
+    """A pose model's objects as CVAT skeletons: one skeleton label per class, one point sublabel per keypoint."""
+
+    def __init__(self, services: Any, class_names: list[str], keypoint_names: Mapping[int, list[str]],
+                 frames: tempfile.TemporaryDirectory) -> None:
+        super().__init__(services, class_names, "skeletons", frames)
+        self._keypoint_names = keypoint_names  # class index -> its keypoints' names, in the model's order
+        # The labeling config's keypoint labels: "<class> <keypoint>" -> (class index, keypoint index).
+        self._keypoint_labels = {f"{name} {keypoint}": (class_id, index) for class_id, name in enumerate(class_names)
+                                 for index, keypoint in enumerate(keypoint_names[class_id])}
+
+    @cached_property
+    def spec(self) -> cvataa.DetectionFunctionSpec:
+        return cvataa.DetectionFunctionSpec(labels=[
+            cvataa.skeleton_label_spec(name, class_id, [cvataa.keypoint_spec(keypoint, index) for index, keypoint
+                                                         in enumerate(self._keypoint_names[class_id])])
+            for name, class_id in self._label_ids.items()])
+
+    def _config_xml(self, shape: str) -> str:
+        labels = "".join(f'<Label value={quoteattr(label)} model_index="{index}" predicted_values={quoteattr(self._class_names[class_id])}/>'
+                         for label, (class_id, index) in self._keypoint_labels.items())
+        return f'<View><Image name="image" value="$image"/><KeyPointLabels name="label" toName="image">{labels}</KeyPointLabels></View>'
+
+    def shapes(self, regions: list[dict]) -> list[models.LabeledShapeRequest]:
+        """Keypoint regions grouped into objects (an object's later keypoints carry its first one's id as
+        `parentID`); a keypoint the backend left out is an `outside` point of the skeleton."""
+        objects: dict[str, tuple[int, dict[int, list[float]]]] = {}
+        for region in regions:
+            value = region["value"]
+            class_id, index = self._keypoint_labels[value["keypointlabels"][0]]
+            point = percent_to_pixels(np.array([[value["x"], value["y"]]]), region["original_width"],
+                                      region["original_height"])[0].tolist()
+            objects.setdefault(region.get("parentID") or region["id"], (class_id, {}))[1][index] = point
+        return [cvataa.skeleton(class_id, [
+                    cvataa.keypoint(index, points.get(index, [0.0, 0.0]), outside=index not in points)
+                    for index in range(len(self._keypoint_names[class_id]))])
+                for class_id, points in objects.values()]
 
 
 def region_shape(region: Mapping[str, Any], label_ids: Mapping[str, int]) -> models.LabeledShapeRequest:
@@ -130,7 +178,7 @@ def create(**parameters: Any) -> BackendDetectionFunction:
                               shape="boxes" if use_det_model else None, overrides=tuple(settings_values.items()))
     try:
         settings = annotate_settings(options, dict(os.environ))
-        setting = "yolo_obb_model" if alone == "yolo_obb_model" else "yolo_det_model" if use_det_model else "yolo_seg_model"
+        setting = alone if alone in ("yolo_obb_model", "yolo_pose_model") else "yolo_det_model" if use_det_model else "yolo_seg_model"
         model_value = getattr(settings, setting)
         # The model serves every control the function's labeling config may have.
         settings = dataclasses.replace(settings, **{key: model_value for key in MODEL_SETTINGS})
@@ -140,7 +188,12 @@ def create(**parameters: Any) -> BackendDetectionFunction:
         raise CvatFunctionError(str(exc)) from None
     if model.task not in SHAPE_TASKS:
         raise CvatFunctionError(f"'{model.path.name}' is a YOLO '{model.task}' model, whose results this function cannot "
-                                "give as CVAT shapes: use a detection, segmentation or OBB model")
+                                "give as CVAT shapes: use a detection, segmentation, OBB or pose model")
+    if model.task == "pose":
+        if shape is not None:
+            raise CvatFunctionError(f"'{model.path.name}' is a pose model, which answers CVAT skeletons: leave out -p shape")
+        logger.info("CVAT function: %s answers skeletons (%s)", model.path.name, ", ".join(model.class_names))
+        return SkeletonFunction(services, list(model.class_names), _keypoint_names(model.path), frames)
     if model.task == "obb":
         if shape not in (None, "boxes"):
             raise CvatFunctionError(f"'{model.path.name}' is an OBB model, which answers rotated rectangles: use -p shape=str:boxes")
@@ -154,6 +207,17 @@ def create(**parameters: Any) -> BackendDetectionFunction:
             "for its boxes (-p yolo_sam=bool:true -p model_name=str:sam -p sam_checkpoint_file=str:FILE)")
     logger.info("CVAT function: %s answers %s (%s)", model.path.name, shape, ", ".join(model.class_names))
     return BackendDetectionFunction(services, list(model.class_names), shape, frames)
+
+
+def _keypoint_names(path: Path) -> dict[int, list[str]]:
+    """A pose model's keypoint names per class index (Ultralytics' `kpt_names`, else 1, 2, ... as CVAT names them)."""
+    from ultralytics import YOLO
+
+    network = YOLO(str(path)).model
+    count = int(network.kpt_shape[0])
+    names = getattr(network, "kpt_names", None) or {}
+    return {class_id: [str(name) for name in names.get(class_id, [])] or [str(k + 1) for k in range(count)]
+            for class_id in network.names}
 
 
 def _answering_model(services: Any, choice: Any) -> Any:
