@@ -27,7 +27,7 @@ from backend.settings import Settings
 from backend.training import dataset as datasets
 from backend.training import trainer
 from backend.training.jobs import JobBoard
-from backend.training.registry import ProjectModels, promoted_version_at
+from backend.training.registry import ProjectModels
 
 logger = logging.getLogger("backend.training")
 
