@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,11 +89,12 @@ class JobBoard:
 
     # ------------------------------------------------------------ transitions
 
-    def request(self, project: int, reason: str) -> str:
+    def request(self, project: int, reason: str, queue_job_gone: Callable[[str], bool] | None = None) -> str:
         """A trigger: `queued` (the caller dispatches the job), `coalesced` (one more run after the active
-        job) or `absorbed` (a run after it is already asked for)."""
+        job) or `absorbed` (a run after it is already asked for). `queue_job_gone(rq job id)` says whether a
+        job on the RQ queue has ended without recording it (its worker was killed)."""
         with self.locked(project) as state:
-            if state.get("state") in ACTIVE and self._stale(state):
+            if state.get("state") in ACTIVE and self._stale(state, queue_job_gone):
                 _finish(state, "failed", "the training process ended without a result (killed or crashed); "
                                          "the previous model keeps serving")
             if state.get("state") in ACTIVE:
@@ -141,8 +142,17 @@ class JobBoard:
                 return None
             return _requeue(state)
 
-    def _stale(self, state: dict) -> bool:
-        """An active job whose process on this host is gone (a queued job: its launcher is gone)."""
+    def note(self, project: int, job_id: str, **details: object) -> None:
+        """Add details to the job's state (e.g. its RQ job id), whatever state it is in."""
+        with self.locked(project) as state:
+            if state.get("job_id") == job_id:
+                state.update(details)
+
+    def _stale(self, state: dict, queue_job_gone: Callable[[str], bool] | None) -> bool:
+        """An active job whose process on this host is gone (a queued job: its launcher is gone), or whose
+        RQ job has ended."""
+        if state.get("rq_job"):
+            return queue_job_gone is not None and queue_job_gone(str(state["rq_job"]))
         owner = state.get("runner") if state.get("state") == "running" else state.get("launcher")
         if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
             return False  # an RQ worker elsewhere: trust its state
@@ -157,9 +167,10 @@ def _finish(state: dict, outcome: str, message: str) -> None:
 def _requeue(state: dict) -> str:
     job_id = uuid.uuid4().hex
     previous = {key: state[key] for key in ("state", "message", "version") if key in state}
-    project = state.get("project")
+    project, rq_job = state.get("project"), state.get("rq_job")
     state.clear()
     state.update({"project": project, "state": "queued", "phase": "queued", "job_id": job_id,
                   "reason": "coalesced trigger", "queued_at": time.time(), "rerun": False,
-                  "launcher": this_process(), "previous_job": previous})
+                  "launcher": this_process(), "previous_job": previous}
+                 | ({"rq_job": rq_job} if rq_job else {}))
     return job_id

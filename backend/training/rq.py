@@ -31,6 +31,22 @@ def enqueue(url: str, spec: JobSpec) -> str:
     return job.id
 
 
+def job_gone(url: str, rq_job_id: str) -> bool:
+    """Whether the RQ job has ended (failed, stopped, finished) or expired; False while the queue is unreachable."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:
+        job = Job.fetch(rq_job_id, connection=Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10))
+        return job.get_status() in ("finished", "failed", "stopped", "canceled")
+    except NoSuchJobError:
+        return True
+    except RedisError:
+        return False
+
+
 def run_queued_job(project: int, job_id: str, hostname: str, token: str) -> None:
     settings = Settings.load()
     logging.getLogger("backend.training").setLevel(settings.log_level.upper())

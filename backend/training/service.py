@@ -72,7 +72,7 @@ class TrainingService:
 
     def trigger(self, project: int, reason: str, credentials: Credentials | None) -> str:
         """Queue a job for the project (or fold the trigger into the active one); returns what happened."""
-        result = self.board.request(project, reason)
+        result = self.board.request(project, reason, self._queue_job_gone if self.settings.train_queue else None)
         state = self.board.state(project)
         if result == "queued":
             spec = JobSpec(project, state["job_id"], credentials.hostname if credentials else "",
@@ -88,13 +88,18 @@ class TrainingService:
             from backend.training.rq import enqueue
 
             try:
-                enqueue(self.settings.train_queue, spec)
+                self.board.note(spec.project, spec.job_id, rq_job=enqueue(self.settings.train_queue, spec))
             except Exception as exc:  # redis down: the job must not stay queued forever
                 message = f"cannot reach the training queue TRAIN_QUEUE={self.settings.train_queue}: {exc}"
                 logger.error("training project %d: %s", spec.project, message)
                 self.board.fail_if_unfinished(spec.project, spec.job_id, message)
             return
         threading.Thread(target=self._run_child, args=(spec,), name=f"train-p{spec.project}", daemon=True).start()
+
+    def _queue_job_gone(self, rq_job: str) -> bool:
+        from backend.training.rq import job_gone
+
+        return job_gone(self.settings.train_queue, rq_job)
 
     def _run_child(self, spec: JobSpec) -> None:
         """The job in its own process; when the process dies without recording an end, the job fails
