@@ -186,6 +186,11 @@ def create(**parameters: Any) -> BackendDetectionFunction:
         model = _answering_model(services, ModelChoice(model_value, "-p model" if parameters.get("model") else setting.upper()))
     except (AnnotateError, ModelPathError, SettingsError, ImportError, OSError) as exc:
         raise CvatFunctionError(str(exc)) from None
+    return _function_for(model, shape, services, frames)
+
+
+def _function_for(model: Any, shape: str | None, services: Any, frames: tempfile.TemporaryDirectory) -> BackendDetectionFunction:
+    """The function answering with `model` (a loaded backend YOLO model) in `shape`, or the sentence why it cannot."""
     if model.task not in SHAPE_TASKS:
         raise CvatFunctionError(f"'{model.path.name}' is a YOLO '{model.task}' model, whose results this function cannot "
                                 "give as CVAT shapes: use a detection, segmentation, OBB or pose model")
@@ -199,7 +204,7 @@ def create(**parameters: Any) -> BackendDetectionFunction:
             raise CvatFunctionError(f"'{model.path.name}' is an OBB model, which answers rotated rectangles: use -p shape=str:boxes")
         logger.info("CVAT function: %s answers rotated rectangles (%s)", model.path.name, ", ".join(model.class_names))
         return BackendDetectionFunction(services, list(model.class_names), "boxes", frames, rotated=True)
-    segments_boxes = settings.yolo_sam and services.interactive is not None
+    segments_boxes = services.settings.yolo_sam and services.interactive is not None
     shape = shape or ("polygons" if model.has_masks or segments_boxes else "boxes")
     if shape != "boxes" and not (model.has_masks or segments_boxes):
         raise CvatFunctionError(
@@ -214,6 +219,8 @@ def _keypoint_names(path: Path) -> dict[int, list[str]]:
     from ultralytics import YOLO
 
     network = YOLO(str(path)).model
+    if not hasattr(network, "kpt_shape"):  # an export (.onnx, OpenVINO...) holds the network elsewhere
+        raise CvatFunctionError(f"'{path.name}': the keypoints of an exported pose model are not known here; use its .pt file")
     count = int(network.kpt_shape[0])
     names = getattr(network, "kpt_names", None) or {}
     return {class_id: [str(name) for name in names.get(class_id, [])] or [str(k + 1) for k in range(count)]
