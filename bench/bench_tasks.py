@@ -97,7 +97,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
         root = Path(tmp)
         settings = Settings.load({"model_root": str(MODELS), "local_files_document_root": str(root),
-                                  "cache_dir": str(root / "cache"), "model_score_threshold": 0.5}, environ={})
+                                  "cache_dir": str(root / "cache"), "model_score_threshold": 0.5,
+                                  "yolo_det_model": "demo-shapes-det.pt", "yolo_seg_model": "demo-shapes-seg.pt"},
+                                 environ={})
         url, server = serve(settings)
         try:
             with httpx.Client() as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from backend.geometry import ls_rect_corners, rotated_box_to_ls_rect
 from backend.label_config import LabelConfigError, parse_label_config
 from backend.models.yolo_tasks import ClassProbabilities, Poses, RotatedBoxes
 from backend.models.yolo_track import TrackedFrame, VideoInfo
+from tools.shapes_tasks import main as shapes_tasks_main
+from tools.track_video import main as track_video_main
 
 POSE_CONFIG = """<View><Image name="image" value="$image"/>
   <RectangleLabels name="box" toName="image" model_skip="true"><Label value="person"/></RectangleLabels>
@@ -160,3 +163,20 @@ def test_video_regions_one_per_track_with_gaps_and_majority_label() -> None:
     assert value["sequence"][0] | {} == {"frame": 1, "enabled": True, "rotation": 0, "x": 10.0, "y": 10.0,
                                          "width": 10.0, "height": 10.0, "time": 1 / 25}
     assert region["type"] == "videorectangle" and region["to_name"] == "video" and region["score"] == 0.5
+
+
+def test_demo_pictures_cli_writes_held_out_pngs(tmp_path: Path) -> None:
+    assert shapes_tasks_main(["obb", "--out", str(tmp_path), "--count", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obb_60000.png", "obb_60001.png"]
+
+
+def test_offline_video_cli_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "tasks.json"
+    config = "label_configs/demo-shapes-video.xml"
+    assert track_video_main([str(tmp_path / "broken.mp4"), "--label_config", config, "--out", str(out)]) == 2
+    assert "'broken.mp4' is not a video OpenCV can read" in capsys.readouterr().err and not out.exists()
+    image_config = tmp_path / "image.xml"
+    image_config.write_text(POSE_CONFIG)
+    assert track_video_main([str(tmp_path / "broken.mp4"), "--label_config", str(image_config), "--out", str(out)]) == 2
+    assert "no VideoRectangle" in capsys.readouterr().err

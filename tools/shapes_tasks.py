@@ -241,15 +241,28 @@ def write_video(path: Path, seed: int = 0, fps: float = 25.0, seconds: float = 3
     return path
 
 
+PICTURES = {"pose": generate_pose_image, "obb": generate_obb_image, "classify": generate_classify_image}
+DEMO_SEED = 60_000  # demo pictures: held out from the demo models' training and metrics seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write the synthetic shapes video (moving shapes, VP9 mp4).")
-    parser.add_argument("--out", type=Path, default=Path("demo-video/shapes.mp4"))
+    parser = argparse.ArgumentParser(description="Demo data for the pose, OBB, classification and video examples: "
+                                                 "held-out PNG pictures, or the moving-shapes video (VP9 mp4).")
+    parser.add_argument("kind", choices=[*PICTURES, "video"])
+    parser.add_argument("--out", type=Path, required=True, help="folder for pictures, .mp4 file for the video")
+    parser.add_argument("--count", type=int, default=12, help="pictures to write")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--fps", type=float, default=25.0)
     args = parser.parse_args(argv)
-    print(f"wrote {write_video(args.out, fps=args.fps, seconds=args.seconds)}")
+    if args.kind == "video":
+        print(f"wrote {write_video(args.out, fps=args.fps, seconds=args.seconds)}")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in range(DEMO_SEED, DEMO_SEED + args.count):
+        cv2.imwrite(str(args.out / f"{args.kind}_{seed}.png"), PICTURES[args.kind](seed)[0])
+    print(f"wrote {args.count} pictures to {args.out}")
     return 0
 
 
