@@ -61,6 +61,7 @@ class JobSummary:
     examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
     aborted: str = ""  # why the job stopped before reading every task
+    workers: int = 0  # Ray: model actor processes that predicted
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,8 @@ class JobSummary:
         lines = [f"model version: {self.model_version}",
                  f"tasks read: {self.tasks_read} in {self.seconds:.1f} s ({rate:.1f} tasks/s); {verb}: {self.predicted}; "
                  f"skipped (already predicted by this version): {self.skipped}; failed: {self.n_failed}"]
+        if self.workers:
+            lines.append(f"model actor processes used: {self.workers}")
         if self.failed:
             lines.append("failed: " + ", ".join(f"{reason}: {count}" for reason, count in self.failed.most_common()))
             lines.extend(f"  {example}" for example in self.examples)
