@@ -51,6 +51,18 @@ def without_ids(regions: list[dict]) -> list[dict]:
     return [{key: value for key, value in region.items() if key != "id"} for region in regions]
 
 
+def assert_same_regions(regions: list[dict], expected: list[dict]) -> None:
+    """Equal up to float rounding: a Ray actor runs torch with its own thread count, which may change
+    the last digits of a box; labels, region kinds and order must be identical."""
+    labels = lambda rs: [(r["from_name"], r["type"], r["value"][r["type"]]) for r in rs]  # noqa: E731
+    assert labels(regions) == labels(expected)
+    for region, wanted in zip(regions, expected):
+        assert region["score"] == pytest.approx(wanted["score"], abs=1e-3)
+        if region["type"] == "rectanglelabels":
+            for key in ("x", "y", "width", "height"):
+                assert region["value"][key] == pytest.approx(wanted["value"][key], abs=1e-2)
+
+
 def stored(fake: FakeLabelStudioAPI) -> dict[int, list[dict]]:
     return {task_id: predictions for task_id, predictions in fake.predictions.items() if predictions}
 

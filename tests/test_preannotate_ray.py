@@ -13,25 +13,13 @@ import pytest
 
 from tests.conftest import local_url
 from tests.fake_label_studio_api import FakeLabelStudioAPI
-from tests.test_preannotate import CONFIG, N_TASKS, job_options, shapes_data, stored  # noqa: F401 - fixture
+from tests.test_preannotate import CONFIG, N_TASKS, assert_same_regions, job_options, shapes_data, stored  # noqa: F401 - fixture
 from tools.preannotate.job import JobOptions, run_local
 from tools.preannotate.predicting import Outcome
 from tools.preannotate.ray_job import RayOptions, run_on_ray
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
-
-
-def assert_same_regions(regions: list[dict], expected: list[dict]) -> None:
-    """Equal up to float rounding: a Ray actor runs torch with its own thread count, which may change
-    the last digits of a box; labels, region kinds and order must be identical."""
-    labels = lambda rs: [(r["from_name"], r["type"], r["value"][r["type"]]) for r in rs]  # noqa: E731
-    assert labels(regions) == labels(expected)
-    for region, wanted in zip(regions, expected):
-        assert region["score"] == pytest.approx(wanted["score"], abs=1e-3)
-        if region["type"] == "rectanglelabels":
-            for key in ("x", "y", "width", "height"):
-                assert region["value"][key] == pytest.approx(wanted["value"][key], abs=1e-2)
 
 
 @pytest.fixture(scope="module", autouse=True)
