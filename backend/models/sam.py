@@ -2,8 +2,10 @@
 
 `SamModel` does SamPredictor's math (ResizeLongestSide, `Sam.preprocess`, `predict_torch`) on an
 embedding that it hands out instead of keeping, so one loaded model can serve many images from
-many threads. `SamSegmenter` adds the embedding caches (see backend/models/sam_embeddings.py) and
-makes sure each image goes through the expensive image encoder once.
+many threads; it serves SAM, SAM-HQ, MobileSAM and the demo SAM (`Sam2Model` in backend/models/sam2.py
+does the same for SAM 2). Which network a checkpoint needs is read from its weights
+(backend/models/sam_checkpoints.py). `SamSegmenter` adds the embedding caches (see
+backend/models/sam_embeddings.py) and makes sure each image goes through the expensive image encoder once.
 """
 
 from __future__ import annotations
