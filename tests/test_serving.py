@@ -57,11 +57,13 @@ def test_gunicorn_config_defaults_and_overrides() -> None:
 def test_threads_caps_concurrent_model_calls(tmp_path: Path, threads: int, concurrent: int) -> None:
     settings = Settings.load({"model_root": str(MODELS_DIR), "yolo_det_model": DEMO_DET, "yolo_seg_model": DEMO_SEG,
                               "cache_dir": str(tmp_path), "threads": threads, "download_timeout": 20}, environ={})
-    body = {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/slow.png"}}], "label_config": ALL_CONTROLS_CONFIG}
+    body = {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/slow.png"}}], "label_config": ALL_CONTROLS_CONFIG,
+            "project": "1.1700000000"}
     with FaultyLabelStudio(b"not used") as label_studio, \
             TestClient(create_app(settings, build_services(settings))) as client, \
             ThreadPoolExecutor(max_workers=2) as pool:
-        client.post("/setup", json={"schema": ALL_CONTROLS_CONFIG, "hostname": label_studio.url, "access_token": TOKEN})
+        client.post("/setup", json={"project": "1.1700000000", "schema": ALL_CONTROLS_CONFIG,
+                                    "hostname": label_studio.url, "access_token": TOKEN})
         pending = [pool.submit(client.post, "/predict", json=body) for _ in range(2)]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and label_studio.requests.count("slow.png") < concurrent:
