@@ -112,7 +112,8 @@ def _start_ray(address: str) -> None:
     if ray.is_initialized():
         return
     if address == "local":
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": a new Ray even where a stale cluster address file is left in /tmp/ray
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
 
