@@ -26,8 +26,7 @@ from backend import __version__
 from backend.label_config import LabelConfig, LabelConfigError, parse_label_config
 from backend.label_studio import Credentials
 from backend.models.cache import ModelPathError, resolve_model_path
-from backend.models.yolo import is_downloadable_asset
-from backend.models.yolo_files import model_exists
+from backend.models.yolo_files import is_downloadable_asset, model_exists
 from backend.predictor import PredictionConfigError, model_choice
 from backend.regions import prediction
 from backend.services import Services, build_services

@@ -12,7 +12,7 @@ import torch
 
 from backend.mask_crop import MaskCrops
 from backend.models.cache import ModelPathError
-from backend.models.yolo_files import export_info, model_exists
+from backend.models.yolo_files import load_yolo
 from backend.models.yolo_masks import retina_mask_crops
 
 logger = logging.getLogger(__name__)
@@ -51,16 +51,7 @@ class YoloModel:
     """A loaded YOLO model; `predict` is safe to call from several threads (calls are serialized)."""
 
     def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
-        from ultralytics import YOLO
-
-        if not model_exists(path) and not is_downloadable_asset(path.name):
-            raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
-        export = export_info(path, setting)  # None for a .pt checkpoint
-        try:
-            self._model = YOLO(str(path), task=export.task if export else None)
-        except Exception as exc:  # Ultralytics raises many types for offline downloads and bad files
-            hint = " (no internet? download it elsewhere and put it in MODEL_ROOT)" if not model_exists(path) else ""
-            raise ModelPathError(f"{setting}: cannot load YOLO model '{path.name}'{hint}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        self._model, export = load_yolo(path, setting)
         if self._model.task not in SUPPORTED_TASKS:
             raise ModelPathError(f"{setting}: '{path.name}' is a YOLO '{self._model.task}' model; detection or segmentation models are supported")
         self.path = path
@@ -173,11 +164,3 @@ def preparing_thread() -> None:
     """Initializer of a thread that letterboxes batches while another runs inference: one torch thread,
     so the light preprocessing does not contend with the inference's threads for the cores."""
     torch.set_num_threads(1)
-
-
-def is_downloadable_asset(name: str) -> bool:
-    try:
-        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
-    except ImportError:
-        return False
-    return name in GITHUB_ASSETS_NAMES

@@ -71,3 +71,30 @@ def export_info(path: Path, setting: str) -> ExportInfo | None:
 def _literal(value: Any) -> Any:
     """Metadata values are Python literals as text in some formats (ONNX), parsed values in others."""
     return ast.literal_eval(value) if isinstance(value, str) else value
+
+
+def load_yolo(path: Path, setting: str) -> tuple[Any, ExportInfo | None]:
+    """Ultralytics' `YOLO` for a checkpoint or an export, and the export's metadata (None for a checkpoint).
+
+    Raises ModelPathError naming `setting` for a missing file, an unusable export or a file Ultralytics
+    cannot load."""
+    from ultralytics import YOLO
+
+    if not model_exists(path) and not is_downloadable_asset(path.name):
+        raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
+    export = export_info(path, setting)
+    try:
+        return YOLO(str(path), task=export.task if export else None), export
+    except Exception as exc:  # Ultralytics raises many types for offline downloads and bad files
+        hint = " (no internet? download it elsewhere and put it in MODEL_ROOT)" if not model_exists(path) else ""
+        raise ModelPathError(f"{setting}: cannot load YOLO model '{path.name}'{hint}: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}") from None
+
+
+def is_downloadable_asset(name: str) -> bool:
+    """A name Ultralytics downloads on first use (yolov8n.pt ...), when online."""
+    try:
+        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+    except ImportError:
+        return False
+    return name in GITHUB_ASSETS_NAMES

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.models.cache import ModelPathError
-from backend.models.yolo import INFERENCE_THREADS, is_downloadable_asset
+from backend.models.yolo import INFERENCE_THREADS
+from backend.models.yolo_files import load_yolo
 
 TASK_NAMES = {"detect": "detection", "segment": "segmentation", "pose": "pose", "obb": "OBB (rotated box)",
               "classify": "classification"}
@@ -60,15 +60,7 @@ class TaskYoloModel:
     """A loaded YOLO pose, OBB or classification model; `predict` is thread-safe (calls are serialized)."""
 
     def __init__(self, path: Path, setting: str, device: str, half: bool, imgsz: int) -> None:
-        from ultralytics import YOLO
-
-        if not path.is_file() and not is_downloadable_asset(path.name):
-            raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
-        try:
-            self._model = YOLO(str(path))
-        except Exception as exc:  # Ultralytics raises many types for offline downloads and bad files
-            hint = " (no internet? download it elsewhere and put it in MODEL_ROOT)" if not path.is_file() else ""
-            raise ModelPathError(f"{setting}: cannot load YOLO model '{path.name}'{hint}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        self._model, _ = load_yolo(path, setting)
         self.path = path
         self.device = device
         self.half = half and device.startswith("cuda")
