@@ -107,6 +107,7 @@ class AnnotateOptions:
     ls_root: Path | None = None  # the Local Storage root the tasks' URLs are relative to; default: images_dir
     batch: int = 32
     progress: bool = False
+    ray: str | None = None  # None: this process; "local": a local Ray; else a Ray cluster address
 
 
 def annotate_settings(options: AnnotateOptions, environ: dict[str, str]) -> Settings:
@@ -149,7 +150,7 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     """Predict every image of the folder and write the outputs; raises AnnotateError for user errors."""
     from backend.app import build_services
     from backend.models.cache import ModelPathError
-    from backend.predictor import BatchPredictor, ModelChoice
+    from backend.predictor import ModelChoice
 
     images_dir = options.images_dir.expanduser().resolve()
     if not images_dir.is_dir():
@@ -173,31 +174,27 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     if shape != "boxes" and not (model.has_masks or settings.yolo_sam):
         raise AnnotateError(f"'{settings.yolo_seg_model}' is a detection model: use --shape boxes, a segmentation model, or --sam")
     class_names = list(model.class_names)
-    config = parse_label_config(label_config_xml(class_names, shape))
-    loaded: set[str] = set()
-    box_segmenter = services.interactive.masks_for_boxes if settings.yolo_sam and services.interactive else None
-    predictor = BatchPredictor(settings, services.yolo, services.fetcher, box_segmenter=box_segmenter,
-                               on_image=lambda image: loaded.add(image.url))
+    config_xml = label_config_xml(class_names, shape)
     unreadable: list[tuple[int, str, str]] = []
-    version = services.model_version()
+    local = FolderPredictor(settings, config_xml, services) if options.ray is None else None
+    version = local.version if local is not None else services.model_version(parse_label_config(config_xml))
 
     def predicted_tasks(ls_out: LsTasksWriter | None) -> Iterator[dict]:
         tasks = [{"id": index, "data": {"image": local_files_url(path.relative_to(images_dir).as_posix())}}
                  for index, path in enumerate(files, 1)]
+        chunks = [tasks[start:start + options.batch] for start in range(0, len(tasks), options.batch)]
+        results = map(local.predict, chunks) if local is not None else ray_predictions(chunks, settings, config_xml, options.ray)
         with tqdm(total=len(tasks), unit="img", desc="predicting", disable=not options.progress or None) as bar:
-            for start in range(0, len(tasks), options.batch):
-                chunk = tasks[start:start + options.batch]
-                for task, prediction, failure in predict_each(predictor, chunk, config, version):
-                    url = task["data"]["image"]
-                    if failure or url not in loaded:
-                        reason = failure or _unreadable_reason(services.fetcher, url)
-                        unreadable.append((task["id"], local_files_path(url), reason))
+            for chunk_results in results:
+                for task, prediction, failure in chunk_results:
+                    if failure:
+                        unreadable.append((task["id"], local_files_path(task["data"]["image"]), failure))
                         continue
                     task["predictions"] = [prediction]
                     if ls_out is not None:
                         ls_out.add(task, images_dir, ls_root)
                     yield task
-                bar.update(len(chunk))
+                bar.update(len(chunk_results))
 
     out_dir = (options.out_dir or images_dir).expanduser()
     info = {"description": f"auto-annotated by tools.annotate_dir with {version}", "version": "1.0"}
@@ -240,6 +237,52 @@ def predict_each(predictor, tasks: list[dict], config, version: str) -> Iterator
                 yield from predict_each(predictor, [task], config, version)
         return
     yield from ((task, prediction, None) for task, prediction in zip(tasks, predictions))
+
+
+class FolderPredictor:
+    """The backend's predictor for one labeling config, telling which images could not be read."""
+
+    def __init__(self, settings: Settings, config_xml: str, services=None) -> None:  # noqa: ANN001 - backend Services
+        from backend.app import build_services
+        from backend.predictor import BatchPredictor
+
+        self._services = services or build_services(settings)
+        self._config = parse_label_config(config_xml)
+        self.version = self._services.model_version(self._config)
+        self._loaded: set[str] = set()
+        interactive = self._services.interactive
+        box_segmenter = interactive.masks_for_boxes if settings.yolo_sam and interactive else None
+        self._predictor = BatchPredictor(settings, self._services.yolo, self._services.fetcher,
+                                         box_segmenter=box_segmenter, on_image=lambda image: self._loaded.add(image.url))
+
+    def predict(self, tasks: list[dict]) -> list[tuple[dict, dict | None, str | None]]:
+        self._loaded.clear()
+        results = []
+        for task, prediction, failure in predict_each(self._predictor, tasks, self._config, self.version):
+            url = task["data"]["image"]
+            if not failure and url not in self._loaded:
+                failure = _unreadable_reason(self._services.fetcher, url)
+            results.append((task, prediction, failure))
+        return results
+
+
+def ray_predictions(chunks: list[list[dict]], settings: Settings, config_xml: str,
+                    address: str) -> Iterator[list[tuple[dict, dict | None, str | None]]]:
+    """The chunks predicted by Ray actors (one model instance each), in order."""
+    try:
+        import ray
+    except ImportError:
+        raise AnnotateError("--ray needs Ray: pip install -e '.[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False if address == "local" else None, log_to_driver=False)
+    resources = ray.cluster_resources()
+    n_actors = max(1, int(resources.get("GPU", 0) or resources.get("CPU", 1)))
+    gpus = 1 if resources.get("GPU", 0) else 0
+    predictor = ray.remote(FolderPredictor).options(max_restarts=-1, max_task_retries=3, num_gpus=gpus,
+                                                    num_cpus=0 if gpus else 1)
+    actors = [predictor.remote(settings, config_xml) for _ in range(n_actors)]
+    pool = ray.util.ActorPool(actors)
+    yield from pool.map(lambda actor, chunk: actor.predict.remote(chunk), chunks)
 
 
 def _unreadable_reason(fetcher, url: str) -> str:  # noqa: ANN001 - backend.images.ImageFetcher
@@ -292,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Label Studio Local Storage root the task URLs are relative to (default: IMAGES_DIR)")
     parser.add_argument("--batch", type=int, default=32, help="images per prediction call (default 32)")
     parser.add_argument("--strict", action="store_true", help=f"exit with {EXIT_STRICT} if any file was skipped")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="predict on Ray actors (pip install -e '.[ray]'): without ADDRESS a local Ray, "
+                             "'auto' or ray://host:10001 a cluster")
     return parser
 
 
@@ -303,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return annotate(AnnotateOptions(
             images_dir=args.images_dir, out_dir=args.out_dir, model=args.model, shape=args.shape,
             settings_file=args.config, overrides=tuple(parse_with(args.overrides).items()),
-            sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True))
+            sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True,
+            ray=args.ray))
 
     return run_and_report(run, args.strict, AnnotateError)
 
