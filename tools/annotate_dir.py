@@ -36,6 +36,7 @@ from backend.settings import Settings, SettingsError
 from tools.convert_to_rle_mask_coco import EXIT_STRICT, run_and_report, write_coco
 from tools.ls_export import CategoryIndex, Selection, Summary
 from tools.ls_images import PlacedImage
+from tools.preannotate.predicting import model_version
 from tools.staging import staged_output
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -177,7 +178,7 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     config_xml = label_config_xml(class_names, shape)
     unreadable: list[tuple[int, str, str]] = []
     local = FolderPredictor(settings, config_xml, services) if options.ray is None else None
-    version = local.version if local is not None else services.model_version(parse_label_config(config_xml))
+    version = local.version if local is not None else model_version(services, parse_label_config(config_xml))
 
     def predicted_tasks(ls_out: LsTasksWriter | None) -> Iterator[dict]:
         tasks = [{"id": index, "data": {"image": local_files_url(path.relative_to(images_dir).as_posix())}}
@@ -248,7 +249,7 @@ class FolderPredictor:
 
         self._services = services or build_services(settings)
         self._config = parse_label_config(config_xml)
-        self.version = self._services.model_version(self._config)
+        self.version = model_version(self._services, self._config)
         self._loaded: set[str] = set()
         interactive = self._services.interactive
         box_segmenter = interactive.masks_for_boxes if settings.yolo_sam and interactive else None
