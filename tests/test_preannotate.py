@@ -181,3 +181,31 @@ def test_limit_dry_run_and_command_line(fake: FakeLabelStudioAPI, job_options: C
     fake.faults["tasks"] = [0, 0] + [500] * 10  # the task count and the first page, then nothing
     assert main([*args[:-4], "--retries", "2", "--page_size", "5"]) == 3
     assert "stopped early" in capsys.readouterr().out
+
+
+def test_a_project_with_a_promoted_trained_model_is_predicted_by_it(image_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from backend.training.registry import ProjectModels
+    from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
+    from tools.preannotate.predicting import TaskPredictor
+
+    root = tmp_path / "models"
+    root.mkdir()
+    for name in (DEMO_DET, DEMO_SEG):
+        shutil.copyfile(MODELS_DIR / name, root / name)
+    renamed = CONFIG.replace('"circle"', '"disc"').replace('"square"', '"box"').replace('"triangle"', '"wedge"')
+    models = ProjectModels(root, PROJECT_ID)
+    card = {"version": 1, "status": "promoted", "task": "segment", "classes": ["disc", "box", "wedge"]}
+    trained = tmp_path / "trained.pt"
+    shutil.copyfile(MODELS_DIR / DEMO_SEG, trained)
+    models.publish(1, trained, card, promote=True)
+    settings = demo_settings(image_root, tmp_path / "cache", model_root=str(root))
+    tasks = [{"id": 1, "data": shapes_data(0)}]
+    own = TaskPredictor(settings, renamed, None, PROJECT_ID)
+    assert own.version.startswith(f"p{PROJECT_ID}-v1@")
+    other = TaskPredictor(settings, renamed, None, PROJECT_ID + 1)
+    assert not other.version.startswith("p")
+    assert [o.prediction["model_version"] for o in own.predict(tasks)] == [own.version]
+    (outcome,) = other.predict(tasks)
+    assert outcome.prediction is None or outcome.prediction["result"] == []  # the start-up models know no "disc"

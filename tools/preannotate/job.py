@@ -156,7 +156,7 @@ def run_local(options: JobOptions, on_outcome: Callable[[Outcome], None] | None 
         total = client.task_count()
     except LabelStudioAPIError as exc:
         raise JobError(str(exc)) from None
-    predictor = TaskPredictor(options.settings, label_config, options.credentials)
+    predictor = TaskPredictor(options.settings, label_config, options.credentials, options.project)
     predictor.check_models()
     summary = JobSummary(predictor.version, options.dry_run)
     writer = None if options.dry_run else client

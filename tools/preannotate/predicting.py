@@ -63,19 +63,21 @@ def build_backend(settings: Settings):  # noqa: ANN201 - backend.services.Servic
         raise JobError(f"cannot start the backend's models: {exc}") from None
 
 
-def model_version(services, config: LabelConfig) -> str:  # noqa: ANN001 - backend.services.Services
-    """The version /predict reports for this labeling config; a task holding a prediction of it is done.
-    (The one place the job asks for the version: switch it here when the backend derives it otherwise.)"""
-    return services.model_version(config)
+def model_version(services, config: LabelConfig, project: int | None = None) -> str:  # noqa: ANN001 - Services
+    """The version /predict reports for this labeling config (and the project's promoted trained model);
+    a task holding a prediction of it is done."""
+    return services.model_version(config, project)
 
 
 class TaskPredictor:
     """One process' models and image fetcher (the backend's services) for one labeling config."""
 
-    def __init__(self, settings: Settings, label_config: str, credentials: Credentials | None) -> None:
+    def __init__(self, settings: Settings, label_config: str, credentials: Credentials | None,
+                 project: int | None = None) -> None:
         self.config = parse_config(label_config)
+        self._project = project  # a project with a promoted trained model is predicted by that model
         self._services = build_backend(settings)
-        self.version = model_version(self._services, self.config)
+        self.version = model_version(self._services, self.config, project)
         self._credentials = credentials
         self._data_keys = sorted({control.data_key for control in self.config.prediction_controls})
 
@@ -85,7 +87,7 @@ class TaskPredictor:
         from backend.predictor import PredictionConfigError
 
         try:
-            self._services.predictor.plan(self.config)
+            self._services.predictor.plan(self.config, self._project)
         except (ModelPathError, PredictionConfigError) as exc:
             raise JobError(str(exc)) from None
 
@@ -111,7 +113,8 @@ class TaskPredictor:
         from backend.predictor import PredictionConfigError
 
         try:
-            predictions = self._services.predictor.predict(tasks, self.config, self._credentials, self.version)
+            predictions = self._services.predictor.predict(tasks, self.config, self._credentials, self.version,
+                                                           self._project)
         except (ModelPathError, PredictionConfigError) as exc:
             raise JobError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any failure of the call: find the task that caused it

@@ -75,11 +75,11 @@ class PredictActor:
     """Holds one instance of the backend's models; predicts the pending tasks of each batch."""
 
     def __init__(self, settings: Settings, label_config: str, credentials: Credentials, version: str,
-                 threads: int) -> None:
+                 threads: int, project: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self._predictor = TaskPredictor(settings, label_config, credentials)
+        self._predictor = TaskPredictor(settings, label_config, credentials, project)
         if self._predictor.version != version:
             raise JobError(f"this Ray node's models give version {self._predictor.version}, the driver's {version}: "
                            "every node needs the same model files in MODEL_ROOT")
@@ -149,7 +149,7 @@ def run_on_ray(options: JobOptions, ray_options: RayOptions,
         raise JobError(str(exc)) from None
     config = parse_config(label_config)
     services = build_backend(options.settings)
-    version = model_version(services, config)
+    version = model_version(services, config, options.project)
     del services
     _start_ray(ray_options.address)
     n_actors, gpus, cpus = _actor_resources(ray_options)
@@ -169,7 +169,7 @@ def run_on_ray(options: JobOptions, ray_options: RayOptions,
                                     num_cpus=cpus, num_gpus=gpus,
                                     fn_constructor_kwargs={"settings": options.settings, "label_config": label_config,
                                                            "credentials": options.credentials, "version": version,
-                                                           "threads": max(1, int(cpus))},
+                                                           "threads": max(1, int(cpus)), "project": options.project},
                                     max_restarts=-1, max_task_retries=BATCH_RETRIES)
                        .map_batches(WriteActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=ray_options.max_inflight),
                                     num_cpus=0,
