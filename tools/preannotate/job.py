@@ -146,16 +146,20 @@ def progress_bar(total: int, enabled: bool) -> tqdm:
     return tqdm(total=total, unit="task", desc="pre-annotating", disable=not enabled or None, smoothing=0.05)
 
 
+def read_project(client: ProjectClient) -> tuple[str, int]:
+    """The project's labeling config and task count; JobError when Label Studio cannot tell them."""
+    try:
+        return client.label_config(), client.task_count()
+    except LabelStudioAPIError as exc:
+        raise JobError(str(exc)) from None
+
+
 def run_local(options: JobOptions, on_outcome: Callable[[Outcome], None] | None = None) -> JobSummary:
     """The job in this process; raises JobError when it cannot start. Label Studio going away for
     longer than the retries wait stops the job with `aborted` set in the summary."""
     started = time.monotonic()
     client = options.client()
-    try:
-        label_config = client.label_config()
-        total = client.task_count()
-    except LabelStudioAPIError as exc:
-        raise JobError(str(exc)) from None
+    label_config, total = read_project(client)
     predictor = TaskPredictor(options.settings, label_config, options.credentials, options.project)
     predictor.check_models()
     summary = JobSummary(predictor.version, options.dry_run)

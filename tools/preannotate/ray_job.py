@@ -23,7 +23,7 @@ import numpy as np
 from backend.label_studio import Credentials
 from backend.settings import Settings
 from tools.preannotate.client import LabelStudioAPIError, ProjectClient, prediction_versions
-from tools.preannotate.job import JobOptions, JobSummary, progress_bar, write_outcomes
+from tools.preannotate.job import JobOptions, JobSummary, progress_bar, read_project, write_outcomes
 from tools.preannotate.predicting import (SKIPPED, JobError, Outcome, TaskPredictor, build_backend,
                                           model_version, parse_config)
 
@@ -142,11 +142,7 @@ def run_on_ray(options: JobOptions, ray_options: RayOptions,
         raise JobError("--ray needs Ray: pip install -e '.[ray]'") from None
     started = time.monotonic()
     client = options.client()
-    try:
-        label_config = client.label_config()
-        total = client.task_count()
-    except LabelStudioAPIError as exc:
-        raise JobError(str(exc)) from None
+    label_config, total = read_project(client)
     config = parse_config(label_config)
     services = build_backend(options.settings)
     version = model_version(services, config, options.project)
