@@ -11,7 +11,8 @@ from backend.label_config import Control
 from backend.mask_crop import MaskCrop
 
 
-def _region(control: Control, width: int, height: int, value: dict, score: float) -> dict:
+def result_region(control: Control, width: int, height: int, value: dict, score: float) -> dict:
+    """One Label Studio result entry of `control` with a fresh id: `value` as given, on an image of width x height."""
     return {
         "id": uuid.uuid4().hex[:10],
         "from_name": control.name,
@@ -28,7 +29,7 @@ def _region(control: Control, width: int, height: int, value: dict, score: float
 
 def rectangle_region(control: Control, label: str, box: BoxXYXY, score: float, width: int, height: int) -> dict:
     value = {**box_to_ls_rect(box, width, height), "rotation": 0, control.type: [label]}
-    return _region(control, width, height, value, score)
+    return result_region(control, width, height, value, score)
 
 
 def polygon_regions(control: Control, label: str, mask: MaskCrop, score: float, tolerance: float) -> list[dict]:
@@ -36,13 +37,13 @@ def polygon_regions(control: Control, label: str, mask: MaskCrop, score: float, 
     regions = []
     for polygon in mask.polygons(tolerance=tolerance):
         points = np.round(pixels_to_percent(polygon, mask.width, mask.height), 4).tolist()
-        regions.append(_region(control, mask.width, mask.height, {"points": points, "closed": True, control.type: [label]}, score))
+        regions.append(result_region(control, mask.width, mask.height, {"points": points, "closed": True, control.type: [label]}, score))
     return regions
 
 
 def brush_region(control: Control, label: str, mask: MaskCrop, score: float) -> dict:
     value = {"format": "rle", "rle": mask.ls_rle(), control.type: [label]}
-    return _region(control, mask.width, mask.height, value, score)
+    return result_region(control, mask.width, mask.height, value, score)
 
 
 def mask_regions(control: Control, label: str, mask: np.ndarray | MaskCrop, score: float, tolerance: float) -> list[dict]:

@@ -7,7 +7,7 @@ import numpy as np
 
 from backend.label_config import Control
 from backend.models.yolo_tasks import ClassProbabilities
-from backend.regions import _region
+from backend.regions import result_region
 
 
 def choices_regions(control: Control, found: ClassProbabilities, threshold: float) -> list[dict]:
@@ -24,7 +24,7 @@ def choices_regions(control: Control, found: ClassProbabilities, threshold: floa
     labels = list(dict.fromkeys(label for _, label in chosen))  # two classes may map to one Choice
     if not labels:
         return []
-    region = _region(control, 0, 0, {"choices": labels}, float(np.mean([p for p, _ in chosen])))
+    region = result_region(control, 0, 0, {"choices": labels}, float(np.mean([p for p, _ in chosen])))
     for key in ("original_width", "original_height", "image_rotation"):
         del region[key]  # a choice is about the whole image
     return [region]

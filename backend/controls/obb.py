@@ -5,7 +5,7 @@ from __future__ import annotations
 from backend.geometry import rotated_box_to_ls_rect
 from backend.label_config import Control
 from backend.models.yolo_tasks import RotatedBoxes
-from backend.regions import _region
+from backend.regions import result_region
 
 
 def rotated_box_regions(control: Control, found: RotatedBoxes, threshold: float, width: int, height: int) -> list[dict]:
@@ -16,5 +16,5 @@ def rotated_box_regions(control: Control, found: RotatedBoxes, threshold: float,
         if label is None or score < threshold:
             continue
         value = {**rotated_box_to_ls_rect((cx, cy), (w, h), angle, width, height), control.type: [label]}
-        regions.append(_region(control, width, height, value, score))
+        regions.append(result_region(control, width, height, value, score))
     return regions

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from backend.label_config import Control
 from backend.models.yolo_tasks import Poses
-from backend.regions import _region, rectangle_region
+from backend.regions import result_region, rectangle_region
 
 
 def box_control(keypoints: Control, class_name: str) -> Control | None:
@@ -24,7 +24,7 @@ def keypoint_region(control: Control, label: str, point: tuple[float, float], sc
     x, y = point
     value = {"x": x * 100.0 / width, "y": y * 100.0 / height, "width": control.options.point_size,
              control.type: [label]}
-    return _region(control, width, height, value, score)
+    return result_region(control, width, height, value, score)
 
 
 def pose_regions(control: Control, found: Poses, threshold: float,
