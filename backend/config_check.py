@@ -75,8 +75,8 @@ class ConfigReporter:
     def report_tags(self, config: LabelConfig) -> None:
         if config.unanswered and self._first_time(("tags", config.unanswered)):
             logger.warning("the labeling config has control tags this backend does not predict: %s "
-                           "(it answers RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels (pose), Choices and "
-                           "VideoRectangle, and smart KeyPointLabels/RectangleLabels with SAM)", ", ".join(config.unanswered))
+                           "(it answers RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels (pose), Choices, "
+                           "Taxonomy and VideoRectangle, and smart KeyPointLabels/RectangleLabels with SAM)", ", ".join(config.unanswered))
 
     def report_control(self, control: Control, model_key: tuple, model_name: str, class_names: Sequence[str]) -> None:
         if self._first_time(("control", control, model_key)):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from backend.controls.options import OptionError, TaskOptions, link_box_controls, parse_options
+from backend.controls.options import OptionError, TaskOptions, link_box_controls, link_taxonomies, parse_options
 
-PREDICTION_TAGS = ("RectangleLabels", "PolygonLabels", "BrushLabels", "KeyPointLabels", "Choices", "VideoRectangle")
+PREDICTION_TAGS = ("RectangleLabels", "PolygonLabels", "BrushLabels", "KeyPointLabels", "Choices", "Taxonomy",
+                   "VideoRectangle")
 PROMPT_TAGS = ("KeyPointLabels", "RectangleLabels")
 MASK_TAGS = ("PolygonLabels", "BrushLabels")
 
@@ -113,7 +114,11 @@ def parse_label_config(xml: str) -> LabelConfig:
             trainable=str(tag.attr.get("model_trainable", "true")).lower() not in {"false", "0", "no"},
             options=_options(tag, images[to_names[0]]),
         ))
-    return LabelConfig(tuple(link_box_controls(controls)), tuple(unanswered))
+    try:
+        controls = link_taxonomies(link_box_controls(controls), xml)
+    except OptionError as exc:
+        raise LabelConfigError(str(exc)) from None
+    return LabelConfig(tuple(controls), tuple(unanswered))
 
 
 def _video_labels(interface, video_rectangle):  # noqa: ANN001, ANN202 - the SDK's tags

@@ -206,8 +206,9 @@ def test_wrong_model_or_attribute_is_a_400_naming_the_control(client: TestClient
     assert message in response.json()["error"]
 
 
-def test_smart_keypoints_stay_prompts_and_taxonomy_is_named_unanswered(client: TestClient) -> None:
+def test_smart_keypoints_stay_prompts_and_taxonomy_is_answered(client: TestClient) -> None:
     config = ('<View><Image name="image" value="$image"/><KeyPointLabels name="kp" toName="image" smart="true">'
-              '<Label value="circle" smart="true"/></KeyPointLabels><Taxonomy name="tax" toName="image">'
-              '<Choice value="circle"/></Taxonomy></View>')
-    assert predict(client, config, [{"image": local_url("cls_90000.png")}]) == [[]]
+              '<Label value="circle" smart="true"/></KeyPointLabels><Taxonomy name="tax" toName="image" '
+              'model_path="demo-shapes-cls.pt" model_score_threshold="0"><Choice value="circle"/></Taxonomy></View>')
+    ((region,),) = predict(client, config, [{"image": local_url("cls_90000.png")}])
+    assert region["from_name"] == "tax" and region["value"] == {"taxonomy": [["circle"]]}

@@ -5,10 +5,12 @@
         <Label value="apex" model_index="0" predicted_values="triangle"/>   keypoint 0 of a triangle
     <Choices choice="single|multiple">                       top class, or every class above the threshold
     <VideoRectangle model_tracker="botsort|bytetrack|my.yaml" model_conf="0.25" model_iou="0.7">
+    <Taxonomy choice="single|multiple" leafsOnly="true">     nested <Choice> nodes, each a class by value or predicted_values
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, replace
 
 TRACKERS = ("botsort", "bytetrack")
@@ -39,6 +41,7 @@ class TaskOptions:
     track_iou: float = 0.7
     frame_rate: str = DEFAULT_FRAME_RATE  # the Video tag's frameRate: a number or "$key" of the task data
     box_controls: tuple = ()  # KeyPointLabels: the RectangleLabels (Control) on its image, for model_add_bboxes
+    taxonomy: tuple[tuple[str, ...], ...] = ()  # Taxonomy: the path of each node a class can become, in config order
 
     def keypoint_label(self, class_name: str, index: int) -> str | None:
         """The label of keypoint `index` of an object of class `class_name`: a Label naming this class wins."""
@@ -107,3 +110,45 @@ def link_box_controls(controls: list) -> list:
 
     return [replace(c, options=replace(c.options, box_controls=boxes_for(c))) if c.tag == "KeyPointLabels" else c
             for c in controls]
+
+
+
+def taxonomy_nodes(xml: str, control_name: str) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """(path root first, lower-case classes it stands for) of each node of <Taxonomy name=control_name> that
+    a class can become: every leaf, and inner nodes with `predicted_values` (with leafsOnly="true", leaves
+    only). A node stands for its own value and the classes in its `predicted_values`."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise OptionError(f"the labeling config is not valid XML: {exc}") from None
+    taxonomy = next((tag for tag in root.iter("Taxonomy") if tag.get("name") == control_name), None)
+    if taxonomy is None:
+        return ()
+    leafs_only = _flag(taxonomy.get("leafsOnly"), False)
+    nodes = []
+
+    def walk(parent: ElementTree.Element, path: tuple[str, ...]) -> None:
+        for node in parent.findall("Choice"):
+            value = node.get("value") or ""
+            predicted = [name.strip().lower() for name in (node.get("predicted_values") or "").split(",") if name.strip()]
+            if node.find("Choice") is None or (predicted and not leafs_only):
+                nodes.append(((*path, value), tuple(dict.fromkeys([value.lower(), *predicted]))))
+            walk(node, (*path, value))
+
+    walk(taxonomy, ())
+    return tuple(nodes)
+
+
+def link_taxonomies(controls: list, xml: str) -> list:
+    """The controls with each Taxonomy's tree read from the config: its `labels` are the paths of the nodes
+    a class can become, joined with "/", and a class becomes the first of them (in config order) naming it."""
+    def linked(control):  # noqa: ANN001, ANN202 - label_config.Control (imported there, not here)
+        nodes = taxonomy_nodes(xml, control.name)
+        class_to_label: dict[str, str] = {}
+        for path, classes in nodes:
+            for class_name in classes:
+                class_to_label.setdefault(class_name, "/".join(path))
+        return replace(control, labels=tuple("/".join(path) for path, _ in nodes), class_to_label=tuple(class_to_label.items()),
+                       options=replace(control.options, taxonomy=tuple(path for path, _ in nodes)))
+
+    return [linked(c) if c.tag == "Taxonomy" else c for c in controls]

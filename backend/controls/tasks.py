@@ -5,11 +5,12 @@ from __future__ import annotations
 from backend.controls.classification import choices_regions
 from backend.controls.obb import rotated_box_regions
 from backend.controls.pose import pose_regions
+from backend.controls.taxonomy import taxonomy_regions
 from backend.label_config import Control
 from backend.models.yolo_tasks import TASK_NAMES, ClassProbabilities, Poses, RotatedBoxes, TaskOutput
 
 # The YOLO task each control kind needs, for controls that need one other than detection/segmentation.
-TASK_CONTROLS = {"KeyPointLabels": "pose", "Choices": "classify"}
+TASK_CONTROLS = {"KeyPointLabels": "pose", "Choices": "classify", "Taxonomy": "classify"}
 VIDEO_TASKS = ("detect", "segment")  # models Ultralytics' trackers take boxes from
 
 
@@ -27,7 +28,7 @@ def task_mismatch(control: Control, model_task: str, model_setting: str, model_f
         return None
     names = " or ".join(TASK_NAMES[task] for task in wanted)
     hint = {"obb": ' (for rotated boxes set model_obb="true" on a RectangleLabels)', "pose": " (for KeyPointLabels)",
-            "classify": " (for Choices)"}.get(model_task, "")
+            "classify": " (for Choices or Taxonomy)"}.get(model_task, "")
     return (f"<{control.tag} name=\"{control.name}\"> needs a YOLO {names} model, but {model_setting}='{model_file}' "
             f"is a YOLO {TASK_NAMES.get(model_task, model_task)} model{hint}")
 
@@ -36,6 +37,8 @@ def task_regions(control: Control, output: TaskOutput, threshold: float,
                  width: int, height: int) -> list[dict]:
     """The regions of one image for a pose, OBB or classification control."""
     if isinstance(output, ClassProbabilities):
+        if control.tag == "Taxonomy":
+            return taxonomy_regions(control, output, threshold)
         return choices_regions(control, output, threshold)
     if isinstance(output, RotatedBoxes):
         return rotated_box_regions(control, output, threshold, width, height)
