@@ -7,8 +7,11 @@ timeout and a size limit on every download, and refuses decompression bombs befo
 
 from __future__ import annotations
 
+import io
 import logging
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -18,6 +21,7 @@ import requests
 from PIL import Image, ImageOps
 
 from backend.label_studio import AccessTokens, Credentials
+from backend.object_storage import ObjectStorage, StorageError
 from backend.url_policy import AddressPolicy, AddressRefused, GuardedAdapter, HostGuard
 
 logger = logging.getLogger(__name__)
@@ -104,11 +108,12 @@ class ImageFetcher:
 
     `address_policy` says which hosts downloads may reach (default: public addresses and Label Studio);
     None lets them reach any address, for the dataset tools that a user runs on their own exports.
+    With `storage` (STORAGE_READ=direct), cloud storage URLs are read from the bucket, not presigned.
     """
 
     def __init__(self, cache_dir: Path, local_files_root: str, timeout: float, max_pixels: int,
                  tokens: AccessTokens, max_download_bytes: int,
-                 address_policy: AddressPolicy | None = AddressPolicy()) -> None:
+                 address_policy: AddressPolicy | None = AddressPolicy(), storage: ObjectStorage | None = None) -> None:
         self._cache_dir = cache_dir
         self._local_root = Path(local_files_root).expanduser().resolve() if local_files_root else None
         self._timeout = timeout
@@ -116,6 +121,7 @@ class ImageFetcher:
         self._tokens = tokens
         self._max_download_bytes = max_download_bytes
         self._address_policy = address_policy
+        self._storage = storage
 
     def fetch(self, url: str, task_id: int | None, credentials: Credentials | None) -> Path:
         """Local path of the image behind `url`, downloading it into the cache if needed."""
@@ -124,6 +130,9 @@ class ImageFetcher:
         kind = url_kind(url)
         if kind == "local-files" and self._local_root is not None:
             return self._local_file(url)
+        if kind == "cloud" and self._storage is not None:
+            with _as_image_error():
+                return self._storage.download(url, self._cache_dir, self._max_download_bytes)
         if kind in ("upload", "local-files", "cloud") and not (credentials and credentials.hostname and credentials.token):
             raise ImageError(f"cannot download '{url[:200]}': no Label Studio URL and API key "
                              "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
@@ -171,9 +180,13 @@ class ImageFetcher:
         return path
 
     def load(self, url: str, task_id: int | None, credentials: Credentials | None) -> TaskImage:
+        if self._storage is not None and url_kind(url) == "cloud":  # in memory: a bucket's images never fill the disk
+            with _as_image_error():
+                body = self._storage.read(url, self._max_download_bytes)
+            return TaskImage(url=url, pixels=self.decode(io.BytesIO(body)))
         return TaskImage(url=url, pixels=self.decode(self.fetch(url, task_id, credentials)))
 
-    def decode(self, path: Path) -> np.ndarray:
+    def decode(self, path: Path | io.BytesIO) -> np.ndarray:
         """RGB pixels with the EXIF orientation applied, as Label Studio displays the image."""
         try:
             with Image.open(path) as image:
@@ -187,3 +200,11 @@ class ImageFetcher:
         # cannot identify, and that import fails where pi-heif is not installed.
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, ImportError) as exc:
             raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+@contextmanager
+def _as_image_error() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        raise ImageError(str(exc)) from None

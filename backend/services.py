@@ -18,6 +18,7 @@ from backend.images import ImageFetcher
 from backend.label_config import LabelConfig
 from backend.label_studio import AccessTokens, Credentials, SetupStore
 from backend.metrics import Metrics
+from backend.object_storage import direct_storage
 from backend.models.cache import ModelCache, ModelPathError, select_device
 from backend.predictor import BatchPredictor, ModelChoice, YoloModels, model_choice
 from backend.settings import Settings
@@ -128,7 +129,8 @@ def build_services(settings: Settings) -> Services:
     fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root,
                            settings.download_timeout, settings.max_image_pixels, tokens,
                            settings.max_download_bytes,
-                           AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts))
+                           AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts),
+                           direct_storage(settings))
     yolo = YoloModels(settings, cache, device)
     metrics = Metrics()
     interactive = None

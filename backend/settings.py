@@ -35,7 +35,7 @@ class Settings:
     yolo_pose_model: str = _setting("yolov8n-pose.pt", "YOLO pose model for (not smart) KeyPointLabels without `model_path`.")
     yolo_obb_model: str = _setting("yolov8n-obb.pt", "YOLO OBB model for RectangleLabels with `model_obb=\"true\"` without `model_path`.")
     yolo_cls_model: str = _setting("yolov8n-cls.pt", "YOLO classification model for Choices without `model_path`.")
-    video_time_limit: float = _setting(80.0, "Seconds of tracking per video in a /predict (below Label Studio's ML_TIMEOUT_PREDICT, 100 s); a longer video gets the tracks of the frames reached, and a warning.")
+    video_time_limit: float = _setting(80.0, "Seconds of tracking per video in a /predict, YOLO or SAM 2 (below Label Studio's ML_TIMEOUT_PREDICT, 100 s); a longer video gets the tracks of the frames reached, and a warning.")
     model_score_threshold: float = _setting(0.5, "Default minimum score of a predicted region (per control: `model_score_threshold`).")
     yolo_imgsz: int = _setting(0, "Inference size; 0 uses the size each model was trained at.")
     yolo_sam: bool = _setting(False, "Batch predictions: use YOLO boxes as SAM box prompts for masks (needs a SAM model).")
@@ -54,6 +54,8 @@ class Settings:
     sam_cache_size: int = _setting(16, "Image embeddings kept in memory (LRU).")
     sam_disk_cache_dir: str = _setting("", "Directory for fp16 embeddings that survive restarts and are shared by workers; empty disables.")
     sam_disk_cache_max_gb: float = _setting(10.0, "Size limit of SAM_DISK_CACHE_DIR in GB (10^9 bytes); the least recently used embeddings go first. 0: no limit.")
+    sam2_track_frames: int = _setting(72, "Frames after a VideoRectangle prompt that SAM 2 tracks the object through (72: 3 s at 24 fps; VIDEO_TIME_LIMIT also applies).")
+    sam2_video_cache_frames: int = _setting(96, "Video frames whose SAM 2 image features stay in memory (LRU, about 17 MB each), so prompts on frames already tracked do not encode them again; 0 disables.")
     sam_prefetch: bool = _setting(False, "Compute SAM embeddings in the background when tasks are predicted, so the first click is fast.")
     # Label Studio and task data
     label_studio_url: str = _setting("", "Label Studio URL for `/data/upload/...` images; empty uses the `hostname` sent in /setup.")
@@ -67,6 +69,8 @@ class Settings:
     max_request_bytes: int = _setting(20_000_000, "Request bodies larger than this get 413.")
     allow_private_urls: bool = _setting(False, "Let task image URLs reach loopback, private, link-local and reserved addresses (Label Studio's own host always may; cloud metadata addresses only through ALLOWED_URL_HOSTS).")
     allowed_url_hosts: str = _setting("", "Hosts task image URLs may reach even on private addresses: names, `*.domain`, addresses or CIDRs, comma-separated (on-premise storage).")
+    storage_read: str = _setting("presign", "Cloud storage image URLs (`s3://`, `gs://`, `azure-blob://`): `presign` asks Label Studio to presign each; `direct` reads the bucket through fsspec with this process' own credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*; `pip install -e '.[remote]'`).")
+    storage_options: str = _setting("", "JSON object of fsspec options for direct cloud storage reads, e.g. `{\"endpoint_url\": \"http://minio:9000\"}` for an S3-compatible store.")
     # Server
     basic_auth_user: str = _setting("", "Basic auth user; with BASIC_AUTH_PASS, every endpoint requires it.")
     basic_auth_pass: str = _setting("", "Basic auth password.")
@@ -110,6 +114,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be at least 1")
         if self.video_time_limit <= 0:
             raise SettingsError("VIDEO_TIME_LIMIT must be a positive number of seconds")
+        if self.sam2_track_frames < 1 or self.sam2_video_cache_frames < 0:
+            raise SettingsError("SAM2_TRACK_FRAMES must be at least 1 and SAM2_VIDEO_CACHE_FRAMES not negative")
         if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:
             raise SettingsError("SAM_CACHE_SIZE, DOWNLOAD_TIMEOUT and POLYGON_TOLERANCE must not be negative")
         if self.sam_disk_cache_max_gb < 0:
@@ -125,6 +131,14 @@ class Settings:
             from backend.url_policy import AllowList
 
             AllowList.parse(self.allowed_url_hosts)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        if self.storage_read not in {"presign", "direct"}:
+            raise SettingsError(f"STORAGE_READ must be presign or direct, not '{self.storage_read}'")
+        try:
+            from backend.object_storage import parse_storage_options
+
+            parse_storage_options(self.storage_options)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

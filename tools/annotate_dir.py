@@ -10,7 +10,8 @@ file names in it are relative to IMAGES_DIR, as CVAT's COCO import expects) and,
 Label Studio tasks with these predictions, to import into a project whose Local Storage (or
 LOCAL_FILES_DOCUMENT_ROOT) serves --ls_root. Files that cannot be read are skipped and reported.
 `--config` takes a TOML file of backend settings (the README's `--with` keys); `--with key=value`
-and the options here override it.
+and the options here override it. IMAGES_DIR may be a bucket: `s3://bucket/prefix`, `gs://...`,
+`az://container/prefix` (tools/remote_files.py; each image is read by the process that predicts it).
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
 from tqdm import tqdm
 
 from backend.label_config import parse_label_config
+from backend.object_storage import parse_storage_options
 from backend.settings import Settings, SettingsError
 from tools.convert_to_rle_mask_coco import EXIT_STRICT, run_and_report, write_coco
 from tools.ls_export import CategoryIndex, Selection, Summary
 from tools.ls_images import PlacedImage
 from tools.preannotate.predicting import model_version
+from tools.remote_files import RemoteImages, RootError, image_root, parse_option_pairs, remote_settings
 from tools.staging import staged_output
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -50,10 +53,10 @@ class AnnotateError(Exception):
     """A user error; the message says what to fix."""
 
 
-def image_files(images_dir: Path) -> list[Path]:
+def image_files(images_dir: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Image files under the folder, sorted; hidden files and folders are left out."""
     return sorted(path for path in images_dir.rglob("*")
-                  if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+                  if path.suffix.lower() in suffixes and path.is_file()
                   and not any(part.startswith(".") for part in path.relative_to(images_dir).parts))
 
 
@@ -97,7 +100,7 @@ def parse_with(pairs: list[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class AnnotateOptions:
-    images_dir: Path
+    images_dir: Path | str  # a folder, or a cloud storage root URL (s3://, gs://, az://)
     out_dir: Path | None = None  # default: images_dir
     model: str | None = None  # a .pt file, or a name inside MODEL_ROOT; default: the settings' YOLO_SEG_MODEL
     shape: str | None = None  # boxes | polygons | masks; default: polygons for segmentation models (or SAM)
@@ -109,12 +112,16 @@ class AnnotateOptions:
     batch: int = 32
     progress: bool = False
     ray: str | None = None  # None: this process; "local": a local Ray; else a Ray cluster address
+    storage_options: tuple[tuple[str, Any], ...] = ()  # fsspec options for a cloud root, over STORAGE_OPTIONS
 
 
 def annotate_settings(options: AnnotateOptions, environ: dict[str, str]) -> Settings:
     values: dict[str, object] = load_toml_settings(options.settings_file) if options.settings_file else {}
     values.update(dict(options.overrides))
-    values["local_files_document_root"] = str(options.images_dir)
+    if isinstance(options.images_dir, str):
+        values.update(remote_settings(options.storage_options, values, environ))
+    else:
+        values["local_files_document_root"] = str(options.images_dir)
     if options.model:
         model_file = Path(options.model).expanduser()
         if model_file.is_file():
@@ -137,14 +144,47 @@ def annotate_settings(options: AnnotateOptions, environ: dict[str, str]) -> Sett
 
 
 class FolderImages:
-    """Images stay where they are; COCO file names are their paths relative to the folder."""
+    """Images stay where they are; COCO file names are their paths relative to the folder, task URLs
+    Local Storage URLs relative to `ls_root`."""
 
-    def __init__(self, images_dir: Path) -> None:
-        self._images_dir = images_dir
+    def __init__(self, images_dir: Path, ls_root: Path) -> None:
+        self.images_dir = images_dir
+        self._ls_root = ls_root
+        self._sizes: dict[str, tuple[int, int]] = {}
+
+    def list_urls(self, suffixes: set[str]) -> list[str]:
+        return [local_files_url(path.relative_to(self.images_dir).as_posix()) for path in image_files(self.images_dir, suffixes)]
+
+    def name(self, url: str) -> str:
+        return local_files_path(url)
+
+    def ls_url(self, url: str) -> str:
+        return local_files_url((self.images_dir / local_files_path(url)).relative_to(self._ls_root).as_posix())
+
+    def note_size(self, url: str, size: tuple[int, int]) -> None:
+        self._sizes[url] = size
 
     def place(self, url: str, task_id: object) -> PlacedImage:
         relative = local_files_path(url)
-        return PlacedImage(relative, self._images_dir / relative, "in place")
+        return PlacedImage(relative, self.images_dir / relative, "in place", size=self._sizes.pop(url, None))
+
+
+def folder_images(options: AnnotateOptions) -> FolderImages:
+    images_dir = Path(options.images_dir).expanduser().resolve()
+    if not images_dir.is_dir():
+        raise AnnotateError(f"'{options.images_dir}' is not a folder")
+    ls_root = (options.ls_root or images_dir).expanduser().resolve()
+    if not images_dir.is_relative_to(ls_root):
+        raise AnnotateError(f"--ls_root '{ls_root}' must contain the images folder '{images_dir}'")
+    return FolderImages(images_dir, ls_root)
+
+
+def remote_images(options: AnnotateOptions, settings: Settings) -> RemoteImages:
+    if options.out_dir is None:
+        raise AnnotateError(f"--out_dir is required: the images are in '{options.images_dir}'")
+    if options.ls_root is not None:
+        raise AnnotateError("--ls_root is for local folders: tasks of a cloud storage root hold the images' URLs")
+    return RemoteImages(str(options.images_dir), parse_storage_options(settings.storage_options))
 
 
 def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) -> Summary:
@@ -153,19 +193,19 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     from backend.models.cache import ModelPathError
     from backend.predictor import ModelChoice
 
-    images_dir = options.images_dir.expanduser().resolve()
-    if not images_dir.is_dir():
-        raise AnnotateError(f"'{options.images_dir}' is not a folder")
     if options.batch < 1:
         raise AnnotateError("--batch must be at least 1")
-    files = image_files(images_dir)
-    if not files:
-        raise AnnotateError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{images_dir}'")
-    ls_root = (options.ls_root or images_dir).expanduser().resolve()
-    if not images_dir.is_relative_to(ls_root):
-        raise AnnotateError(f"--ls_root '{ls_root}' must contain the images folder '{images_dir}'")
-    options = dataclasses.replace(options, images_dir=images_dir)
-    settings = annotate_settings(options, dict(os.environ) if environ is None else environ)
+    local = folder_images(options) if isinstance(options.images_dir, Path) else None
+    if local is not None:
+        options = dataclasses.replace(options, images_dir=local.images_dir)
+    try:
+        settings = annotate_settings(options, dict(os.environ) if environ is None else environ)
+        images = local or remote_images(options, settings)
+        urls = images.list_urls(IMAGE_SUFFIXES)
+    except RootError as exc:
+        raise AnnotateError(str(exc)) from None
+    if not urls:
+        raise AnnotateError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{options.images_dir}'")
     try:
         services = build_services(settings)
         model = services.yolo.get(ModelChoice(settings.yolo_seg_model, "--model"))
@@ -177,33 +217,35 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     class_names = list(model.class_names)
     config_xml = label_config_xml(class_names, shape)
     unreadable: list[tuple[int, str, str]] = []
-    local = FolderPredictor(settings, config_xml, services) if options.ray is None else None
-    version = local.version if local is not None else model_version(services, parse_label_config(config_xml))
+    in_process = FolderPredictor(settings, config_xml, services) if options.ray is None else None
+    version = in_process.version if in_process is not None else model_version(services, parse_label_config(config_xml))
 
     def predicted_tasks(ls_out: LsTasksWriter | None) -> Iterator[dict]:
-        tasks = [{"id": index, "data": {"image": local_files_url(path.relative_to(images_dir).as_posix())}}
-                 for index, path in enumerate(files, 1)]
+        tasks = [{"id": index, "data": {"image": url}} for index, url in enumerate(urls, 1)]
         chunks = [tasks[start:start + options.batch] for start in range(0, len(tasks), options.batch)]
-        results = map(local.predict, chunks) if local is not None else ray_predictions(chunks, settings, config_xml, options.ray)
+        results = (map(in_process.predict, chunks) if in_process is not None
+                   else ray_predictions(chunks, settings, config_xml, options.ray))
         with tqdm(total=len(tasks), unit="img", desc="predicting", disable=not options.progress or None) as bar:
             for chunk_results in results:
                 for task, prediction, failure in chunk_results:
+                    url = task["data"]["image"]
                     if failure:
-                        unreadable.append((task["id"], local_files_path(task["data"]["image"]), failure))
+                        unreadable.append((task["id"], images.name(url), failure))
                         continue
+                    images.note_size(url, task.pop("image_size"))
                     task["predictions"] = [prediction]
                     if ls_out is not None:
-                        ls_out.add(task, images_dir, ls_root)
+                        ls_out.add(task, images.ls_url(url))
                     yield task
                 bar.update(len(chunk_results))
 
-    out_dir = (options.out_dir or images_dir).expanduser()
+    out_dir = Path(options.out_dir or options.images_dir).expanduser()
     info = {"description": f"auto-annotated by tools.annotate_dir with {version}", "version": "1.0"}
     try:
         with staged_output(out_dir) as staging:
             ls_out = LsTasksWriter(staging.work / "tasks.json") if options.ls_tasks else None
             summary = write_coco(predicted_tasks(ls_out), Selection(use_predictions=True), CategoryIndex(class_names),
-                                 FolderImages(images_dir), "image", staging.publish / "annotations" / COCO_NAME,
+                                 images, "image", staging.publish / "annotations" / COCO_NAME,
                                  staging.work, info)
             summary.outputs.append(out_dir / "annotations" / COCO_NAME)
             if ls_out is not None:
@@ -250,11 +292,14 @@ class FolderPredictor:
         self._services = services or build_services(settings)
         self._config = parse_label_config(config_xml)
         self.version = model_version(self._services, self._config)
-        self._loaded: set[str] = set()
+        self._loaded: dict[str, tuple[int, int]] = {}  # URL -> (width, height) of each image read
         interactive = self._services.interactive
         box_segmenter = interactive.masks_for_boxes if settings.yolo_sam and interactive else None
         self._predictor = BatchPredictor(settings, self._services.yolo, self._services.fetcher,
-                                         box_segmenter=box_segmenter, on_image=lambda image: self._loaded.add(image.url))
+                                         box_segmenter=box_segmenter, on_image=self._note_image)
+
+    def _note_image(self, image) -> None:  # noqa: ANN001 - backend.images.TaskImage
+        self._loaded[image.url] = (image.width, image.height)
 
     def predict(self, tasks: list[dict]) -> list[tuple[dict, dict | None, str | None]]:
         self._loaded.clear()
@@ -263,6 +308,8 @@ class FolderPredictor:
             url = task["data"]["image"]
             if not failure and url not in self._loaded:
                 failure = _unreadable_reason(self._services.fetcher, url)
+            if not failure:
+                task["image_size"] = self._loaded[url]  # the size COCO records, without reading the image again
             results.append((task, prediction, failure))
         return results
 
@@ -304,9 +351,8 @@ class LsTasksWriter:
         self._out: IO[str] = open(path, "w", encoding="utf-8")
         self._count = 0
 
-    def add(self, task: dict, images_dir: Path, ls_root: Path) -> None:
-        relative = (images_dir / local_files_path(task["data"]["image"])).relative_to(ls_root).as_posix()
-        record = {"data": {"image": local_files_url(relative)}, "predictions": task["predictions"]}
+    def add(self, task: dict, image_url: str) -> None:
+        record = {"data": {"image": image_url}, "predictions": task["predictions"]}
         self._out.write(("[\n" if self._count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
         self._count += 1
 
@@ -318,7 +364,8 @@ class LsTasksWriter:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.annotate_dir", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images_dir", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("images_dir", help="folder of images (searched recursively), or a bucket prefix: s3://bucket/prefix, "
+                                            "gs://bucket/prefix, az://container/prefix (pip install -e '.[remote]')")
     parser.add_argument("--model", default=None,
                         help="YOLO model: a .pt file, or a name in MODEL_ROOT (default: the settings' YOLO_SEG_MODEL)")
     parser.add_argument("--config", type=Path, default=None, help="TOML file of backend settings (key = value)")
@@ -339,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="predict on Ray actors (pip install -e '.[ray]'): without ADDRESS a local Ray, "
                              "'auto' or ray://host:10001 a cluster")
+    parser.add_argument("--storage_option", dest="storage_options", metavar="KEY=VALUE", action="append", default=[],
+                        help="fsspec option for an s3/gs/az root, repeatable, e.g. endpoint_url=http://minio:9000 "
+                             "(credentials: AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)")
     return parser
 
 
@@ -348,12 +398,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> Summary:
         return annotate(AnnotateOptions(
-            images_dir=args.images_dir, out_dir=args.out_dir, model=args.model, shape=args.shape,
+            images_dir=image_root(args.images_dir), out_dir=args.out_dir, model=args.model, shape=args.shape,
             settings_file=args.config, overrides=tuple(parse_with(args.overrides).items()),
             sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True,
-            ray=args.ray))
+            ray=args.ray, storage_options=tuple(parse_option_pairs(args.storage_options).items())))
 
-    return run_and_report(run, args.strict, AnnotateError)
+    return run_and_report(run, args.strict, (AnnotateError, RootError))
 
 
 if __name__ == "__main__":

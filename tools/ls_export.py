@@ -461,11 +461,11 @@ def convert_tasks(tasks: Iterable[dict], selection: Selection, categories: Categ
             continue
         image = images.place(url, task_id)
         summary.images[image.how] += 1
-        if image.path is None:  # a dataset never names a file it does not hold
+        if image.path is None and image.size is None:  # a dataset never names a file it does not hold
             summary.skip_task(task_id, image.reason or "image missing", image.problem)
             continue
         size = first_result_size(results)
-        file_size = _file_size(image, image.path, summary, task_id)
+        file_size = image.size or _file_size(image, image.path, summary, task_id)
         if size and file_size and size != file_size:
             summary.image_problems["image size differs from the annotation's original size"] += 1
             summary.note(f"task {task_id}: image {image.file_name} is {file_size[0]}x{file_size[1]}, "

@@ -208,6 +208,7 @@ class PlacedImage:
     how: str  # copied | downloaded | in place | missing
     problem: str | None = None  # why it is missing, in detail
     reason: str | None = None  # why it is missing, one of the MISSING_* kinds
+    size: tuple[int, int] | None = None  # (width, height) when known without the file (an image in a bucket)
 
 
 class ExportImages:

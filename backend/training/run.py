@@ -23,6 +23,7 @@ from pathlib import Path
 
 from backend.label_config import LabelConfig, parse_label_config
 from backend.label_studio import AccessTokens, Credentials
+from backend.object_storage import direct_storage
 from backend.settings import Settings
 from backend.training import dataset as datasets
 from backend.training import trainer
@@ -99,7 +100,7 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
     config = parse_label_config(project.label_config)
     fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root, settings.download_timeout,
                            settings.max_image_pixels, AccessTokens(timeout=settings.download_timeout),
-                           settings.max_download_bytes)
+                           settings.max_download_bytes, storage=direct_storage(settings))
     board.progress(spec.project, spec.job_id, "building dataset")
     try:
         data = datasets.build_dataset(project, fetcher, spec.credentials, work / "dataset", settings.train_min_images,

@@ -13,6 +13,7 @@ from tools.annotate_dir import AnnotateError, load_toml_settings, parse_with
 from tools.preannotate.client import RetryPolicy
 from tools.preannotate.job import JobOptions, JobSummary, run_local
 from tools.preannotate.predicting import JobError
+from tools.remote_files import RootError, parse_option_pairs, storage_options_json
 
 EXIT_ERROR = 1
 EXIT_TASKS_FAILED = 3
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="only the project's first N tasks (by id)")
     parser.add_argument("--dry_run", action="store_true", help="predict, but write nothing into Label Studio")
     parser.add_argument("--retries", type=int, default=8, help="tries per Label Studio request on 429/5xx/no answer (default 8)")
+    storage = parser.add_argument_group("cloud storage images (s3://, gs://, azure-blob://)")
+    storage.add_argument("--read_storage", choices=("presign", "direct"), default=None,
+                         help="presign: Label Studio presigns each image URL (default, STORAGE_READ); direct: read the "
+                              "bucket with this job's own credentials through fsspec (pip install -e '.[remote]'), "
+                              "e.g. on a Ray cluster in the bucket's cloud")
+    storage.add_argument("--storage_option", dest="storage_options", metavar="KEY=VALUE", action="append", default=[],
+                         help="fsspec option for direct reads, repeatable, e.g. endpoint_url=http://minio:9000")
     ray = parser.add_argument_group("Ray (pip install -e '.[ray]')")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="run on Ray Data: without ADDRESS a local Ray is started; 'auto' or ray://host:10001 joins a cluster")
@@ -49,12 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def job_settings(settings_file: Path | None, overrides: list[str]) -> Settings:
+def job_settings(settings_file: Path | None, overrides: list[str], read_storage: str | None = None,
+                 storage_options: list[str] | None = None) -> Settings:
     try:
         values: dict[str, object] = load_toml_settings(settings_file) if settings_file else {}
         values.update(parse_with(overrides))
+        if storage_options:
+            values["storage_options"] = storage_options_json(tuple(parse_option_pairs(storage_options).items()), values,
+                                                             dict(os.environ))
+        if read_storage:
+            values["storage_read"] = read_storage
         return Settings.load(values, environ=dict(os.environ))
-    except (AnnotateError, SettingsError) as exc:
+    except (AnnotateError, SettingsError, RootError) as exc:
         raise JobError(str(exc)) from None
 
 
@@ -65,7 +79,7 @@ def run(args: argparse.Namespace) -> JobSummary:
         value = getattr(args, name)
         if value is not None and value < (1 if name in ("page_size", "retries", "max_inflight") else 0):
             raise JobError(f"--{name} must be at least {1 if name in ('page_size', 'retries', 'max_inflight') else 0}")
-    options = JobOptions(args.ls_url, args.api_key, args.project, job_settings(args.config, args.overrides),
+    options = JobOptions(args.ls_url, args.api_key, args.project, job_settings(args.config, args.overrides, args.read_storage, args.storage_options),
                          batch=args.batch, page_size=args.page_size, limit=args.limit, dry_run=args.dry_run,
                          retry=RetryPolicy(attempts=args.retries), progress=True)
     if args.ray is None:
