@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlparse
 
 # URL scheme -> fsspec protocol; `az`/`abfs` and `gcs` are fsspec's spellings of Label Studio's schemes.
 PROTOCOLS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "azure-blob": "az", "az": "az", "abfs": "az"}
@@ -47,9 +46,9 @@ def label_studio_url(url: str) -> str:
 
 
 def object_path(url: str) -> str:
-    """`bucket/key` of a cloud storage URL (what the fsspec filesystem takes)."""
-    parsed = urlparse(url)
-    return f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+    """`bucket/key` of a cloud storage URL (what the fsspec filesystem takes); keys are taken as written,
+    as Label Studio's storages write them (`#`, `?` and `%20` are part of the key, not URL syntax)."""
+    return url.partition("://")[2].rstrip("/")
 
 
 def parse_storage_options(text: str) -> dict[str, Any]:

@@ -15,9 +15,12 @@ from backend.images import ImageError, ImageFetcher, url_kind
 from backend.label_studio import AccessTokens
 from backend.object_storage import ObjectStorage, StorageError, label_studio_url, object_path, storage_protocol
 from backend.settings import Settings, SettingsError
-from tests.conftest import DEMO_SEG, MODELS_DIR
+from tests.conftest import DEMO_SEG, MODELS_DIR, demo_settings, local_url
+from tests.fake_label_studio_api import PROJECT_ID, TOKEN, FakeLabelStudioAPI
+from tests.test_preannotate import CONFIG, FAST_RETRY, without_ids
 from tools.annotate_dir import AnnotateError, AnnotateOptions, annotate, main
 from tools.preannotate.__main__ import job_settings
+from tools.preannotate.job import JobOptions, run_local
 from tools.remote_files import RemoteImages, RootError, image_root, parse_option_pairs
 from tools.shapes_dataset import generate_image
 
@@ -76,9 +79,8 @@ def outputs(out: Path) -> tuple[dict, list[dict]]:
             json.loads((out / "tasks.json").read_text()))
 
 
-def without_ids(tasks: list[dict]) -> list[list[dict]]:
-    return [[{k: v for k, v in region.items() if k != "id"} for region in task["predictions"][0]["result"]]
-            for task in tasks]
+def task_regions(tasks: list[dict]) -> list[list[dict]]:
+    return [without_ids(task["predictions"][0]["result"]) for task in tasks]
 
 
 def test_an_s3_root_gives_the_local_folders_dataset_with_s3_urls(s3: dict, photos: Path, tmp_path: Path) -> None:
@@ -92,7 +94,7 @@ def test_an_s3_root_gives_the_local_folders_dataset_with_s3_urls(s3: dict, photo
     assert sorted(image["file_name"] for image in coco["images"]) == sorted(
         f"a/b/shape {seed}.png" if seed % 2 else f"shape {seed}.png" for seed in SEEDS)
     assert [t["data"]["image"] for t in s3_tasks] == [f"s3://{BUCKET}/photos/{image['file_name']}" for image in coco["images"]]
-    assert without_ids(s3_tasks) == without_ids(tasks)
+    assert task_regions(s3_tasks) == task_regions(tasks)
     for summary in (local, remote):
         assert summary.tasks_skipped == {"unreadable image": 1} and "broken.jpg: cannot decode image" in summary.report()
 
@@ -119,13 +121,14 @@ def test_an_s3_root_on_ray_actors_that_read_the_bucket_themselves(s3: dict, phot
 
 def test_listing_is_recursive_sorted_images_only_and_skips_hidden_names(s3: dict, photos: Path) -> None:
     client = s3["client"]
-    for key in ("edge/z.PNG", "edge/deep/er/m.jpeg", "edge/.cache/x.png", "edge/readme.md", "edge-sibling/no.png",
+    for key in ("edge/z.PNG", "edge/deep/er/m.jpeg", "edge/a#1?.png", "edge/.cache/x.png", "edge/readme.md", "edge-sibling/no.png",
                 "edge/dir/"):
         client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
 
     urls = RemoteImages(f"s3://{BUCKET}/edge", s3["options"]).list_urls({".png", ".jpeg"})
 
-    assert urls == [f"s3://{BUCKET}/edge/deep/er/m.jpeg", f"s3://{BUCKET}/edge/z.PNG"]
+    assert urls == [f"s3://{BUCKET}/edge/a#1?.png", f"s3://{BUCKET}/edge/deep/er/m.jpeg", f"s3://{BUCKET}/edge/z.PNG"]
+    assert ObjectStorage(s3["options"]).read(urls[0], ONE_MB) == b"x"
     whole_bucket = RemoteImages(f"s3://{BUCKET}", s3["options"]).list_urls({".png"})
     assert f"s3://{BUCKET}/edge-sibling/no.png" in whole_bucket and whole_bucket == sorted(whole_bucket)
 
@@ -211,7 +214,7 @@ def test_url_dispatch() -> None:
         ["s3", "gcs", "gcs", "az", "az", "az", None, None, None]
     assert label_studio_url("az://c/p/x.png") == "azure-blob://c/p/x.png"
     assert label_studio_url("gcs://b/x.png") == "gs://b/x.png" and label_studio_url("s3://b/x") == "s3://b/x"
-    assert object_path("s3://bucket/a%20b/c.png") == "bucket/a%20b/c.png" and object_path("s3://bucket/") == "bucket"
+    assert object_path("s3://bucket/a%20b/c#1.png") == "bucket/a%20b/c#1.png" and object_path("s3://bucket/") == "bucket"
     assert {url_kind(u) for u in ("s3://b/k", "gs://b/k", "azure-blob://c/b")} == {"cloud"}
     assert image_root("az://c/p") == "az://c/p" and RemoteImages("az://c/p/", {}).root == "azure-blob://c/p"
     assert image_root("file:///data/my%20photos") == Path("/data/my photos") and image_root("photos") == Path("photos")
@@ -237,3 +240,19 @@ def test_storage_options_from_settings_and_the_command_line() -> None:
                             ["endpoint_url=http://b"])
     assert settings.storage_read == "direct"
     assert json.loads(settings.storage_options) == {"anon": False, "endpoint_url": "http://b"}
+
+
+def test_preannotate_reads_cloud_task_urls_itself_with_read_storage_direct(s3: dict, photos: Path, tmp_path: Path) -> None:
+    names = [f"shape {seed}.png" for seed in SEEDS if not seed % 2] + ["absent.png"]
+    written = {}
+    for how, url_of, overrides in (
+            ("local", local_url, {}),
+            ("direct", lambda name: f"s3://{BUCKET}/photos/{name}",
+             {"storage_read": "direct", "storage_options": json.dumps(s3["options"])})):
+        settings = demo_settings(photos, tmp_path / how, device="cpu", **overrides)
+        with FakeLabelStudioAPI(CONFIG, len(names), lambda i: {"image": url_of(names[i])}) as fake:
+            summary = run_local(JobOptions(fake.url, TOKEN, PROJECT_ID, settings, batch=2, retry=FAST_RETRY))
+            written[how] = [without_ids(fake.predictions[task_id][0]["result"]) for task_id in list(fake.task_ids())[:-1]]
+        assert (summary.predicted, summary.failed) == (len(names) - 1, {"image cannot be read": 1})
+    assert written["direct"] == written["local"] and any(written["local"])
+    assert f"'s3://{BUCKET}/photos/absent.png' not found" in " ".join(summary.examples)
