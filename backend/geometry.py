@@ -93,6 +93,26 @@ def rotated_box_to_ls_rect(center: tuple[float, float], size: tuple[float, float
             "height": h * 100.0 / height, "rotation": math.degrees(angle) % 360.0}
 
 
+def ls_rect_to_yolo_obb(value: dict, width: int, height: int) -> np.ndarray:
+    """Label Studio rectangle value (rotated or not) -> YOLO OBB corners `x1 y1 ... x4 y4` normalized to
+    the image (8 floats, not clipped), in Label Studio's order: the anchor, then clockwise on screen."""
+    return (ls_rect_corners(value, width, height) / np.array([width, height], dtype=np.float64)).ravel()
+
+
+def yolo_obb_to_ls_rect(corners: Sequence[float], width: int, height: int) -> dict:
+    """YOLO OBB corners (8 normalized floats of a rectangle, consecutive corners in either turning
+    direction) -> Label Studio rectangle value; `ls_rect_to_yolo_obb` of a value gives it back."""
+    points = np.asarray(corners, dtype=np.float64).reshape(4, 2) * np.array([width, height], dtype=np.float64)
+    side_w, side_h = points[1] - points[0], points[3] - points[0]
+    if side_w[0] * side_h[1] - side_w[1] * side_h[0] < 0:  # counter-clockwise on screen: walk the other way
+        points = points[[0, 3, 2, 1]]
+        side_w, side_h = side_h, side_w
+    w, h = float(np.hypot(*side_w)), float(np.hypot(*side_h))
+    rotation = math.degrees(math.atan2(side_w[1], side_w[0])) % 360.0
+    return {"x": points[0, 0] * 100.0 / width, "y": points[0, 1] * 100.0 / height, "width": w * 100.0 / width,
+            "height": h * 100.0 / height, "rotation": rotation}
+
+
 # ---------------------------------------------------------------- masks, boxes, polygons
 
 

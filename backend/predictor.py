@@ -27,6 +27,7 @@ from backend.models.yolo_tasks import TaskYoloModel
 from backend.regions import mask_regions, prediction, rectangle_region
 from backend.settings import Settings
 from backend.training import promoted_version
+from backend.training.tasks import serves_control
 from backend.versions import file_fingerprint
 from backend.video_predictor import VideoPredictor
 
@@ -47,15 +48,17 @@ class ModelChoice:
 def model_choice(control: Control, settings: Settings, project: object = None) -> ModelChoice:
     """The model file a control uses: for a trainable control of a project (Label Studio's "12.<timestamp>"
     or 12) with a promoted trained model, that model; else `model_path`, else YOLO_SEG_MODEL / YOLO_DET_MODEL.
-    Pose, OBB and classification controls: `model_path`, else YOLO_POSE_MODEL / YOLO_OBB_MODEL / YOLO_CLS_MODEL."""
+    Pose, OBB and classification controls: the project's trained model of their task, else `model_path`, else
+    YOLO_POSE_MODEL / YOLO_OBB_MODEL / YOLO_CLS_MODEL."""
     task_setting = default_model_setting(control)
+    promoted = promoted_version(settings, project) if project is not None and control.trainable else None
+    if promoted is not None and serves_control(promoted.task, control):
+        return ModelChoice(promoted.relative_path, f"trained model {promoted.name} of project {promoted.project}",
+                           task_setting is not None)
     if task_setting is not None:
         if control.model_path:
             return ModelChoice(control.model_path, f"model_path on <{control.tag} name=\"{control.name}\">", True)
         return ModelChoice(getattr(settings, task_setting), task_setting.upper(), True)
-    promoted = promoted_version(settings, project) if project is not None and control.trainable else None
-    if promoted is not None and (promoted.task == "segment" or not control.wants_masks):
-        return ModelChoice(promoted.relative_path, f"trained model {promoted.name} of project {promoted.project}")
     if control.model_path:
         return ModelChoice(control.model_path, f"model_path on <{control.tag} name=\"{control.name}\">")
     if control.wants_masks:

@@ -191,7 +191,7 @@ def test_from_name_picks_the_control_and_write_yolo_dataset_takes_task_dicts(tmp
     for stem, lines in all_labels(tmp_path / "api").items():
         assert [class_id for class_id, _ in lines] == [i.class_id for i in samples[stem].instances]
     with pytest.raises(ConversionError, match="--task must be one of"):
-        write_yolo_dataset(tasks, tmp_path / "bad", task="pose")
+        write_yolo_dataset(tasks, tmp_path / "bad", task="track")
 
 
 def test_objects_drawn_with_different_kinds_are_all_kept(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Label Studio JSON export -> Ultralytics YOLO dataset (detection or segmentation).
+"""Label Studio JSON export -> Ultralytics YOLO dataset (detection, segmentation, classification, pose, OBB).
 
-    python -m tools.ls_to_yolo --json_file_path export.json --out_dir OUT [--task detect|segment] \\
+    python -m tools.ls_to_yolo --json_file_path export.json --out_dir OUT [--task detect|segment|classify|pose|obb] \\
         [--from_name CONTROL ...] [--val_fraction 0.2] [--seed 0] [--classes ...] [image options as convert_to_rle_mask_coco]
 
 Writes OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml (train with
@@ -11,7 +11,9 @@ polygons as drawn, rectangles as their four corners, brush masks outlined with t
 with RectangleLabels, PolygonLabels and BrushLabels for the same labels) is labelled once, from
 the most precise kind for the task (see tools/region_choice.py); `--from_name` picks controls.
 The split is a seeded shuffle of the images. Tasks whose image is missing are skipped (a YOLO
-dataset needs the pixels).
+dataset needs the pixels). `--task classify|pose|obb` (Choices, KeyPointLabels with their boxes,
+rotated rectangles) are written by tools/yolo_task_dataset.py; pose needs `--label_config`, whose
+model_index attributes number the keypoints.
 
 From Python: `write_yolo_dataset(tasks, out_dir, ...)` writes a dataset from task dicts (an
 export, or tasks read through the Label Studio API).
@@ -39,8 +41,9 @@ from tools.ls_export import (BrushRegion, CategoryIndex, ConvertedTask, ExportEr
 from tools.ls_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir
 from tools.region_choice import RegionChooser
 from tools.staging import staged_output
+from tools.yolo_task_dataset import TASK_KINDS, TaskPlan, task_plan, write_task_dataset
 
-TASKS = ("detect", "segment")
+TASKS = ("detect", "segment") + TASK_KINDS
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,10 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> dict[str, s
     return {name: "val" if index < n_val else "train" for index, name in enumerate(shuffled)}
 
 
-def data_yaml(root: Path, names: list[str]) -> str:
-    return yaml.safe_dump({"path": str(root.resolve()), "train": "images/train", "val": "images/val",
-                           "names": dict(enumerate(names))}, sort_keys=False, allow_unicode=True)
+def data_yaml(root: Path, names: list[str], extra: dict | None = None, task: str = "detect") -> str:
+    splits = {"train": "train", "val": "val"} if task == "classify" else {"train": "images/train", "val": "images/val"}
+    return yaml.safe_dump({"path": str(root.resolve()), **splits, **(extra or {}), "names": dict(enumerate(names))},
+                          sort_keys=False, allow_unicode=True)
 
 
 def write_yolo(converted_tasks: Iterable[ConvertedTask], options: YoloOptions, pending_images: Path,
@@ -126,13 +130,27 @@ def write_yolo(converted_tasks: Iterable[ConvertedTask], options: YoloOptions, p
         summary.tasks_converted += 1
     if problem := chooser.check_from_names():
         raise ConversionError(problem)
-    for name, split in split_names(written, options.val_fraction, options.seed).items():
-        label_name = str(PurePosixPath(name).with_suffix(".txt"))
-        for source, target in ((pending_images / name, publish / "images" / split / name),
-                               (pending_labels / label_name, publish / "labels" / split / label_name)):
+    publish_splits(written, pending_images, publish, options)
+    return written
+
+
+def publish_splits(written: Sequence[str], pending_images: Path, publish: Path, options: YoloOptions,
+                   classes: dict[str, str | None] | None = None) -> None:
+    """Move each image (and its label file) into its split: images/<split>/, labels/<split>/; for
+    classification (`classes`: image -> class) into <split>/<class>/, with every class folder in both splits."""
+    for split in ("train", "val") if classes is not None else ():
+        for name in set(classes.values()):
+            (publish / split / str(name)).mkdir(parents=True, exist_ok=True)
+    for name, split in split_names(list(written), options.val_fraction, options.seed).items():
+        if classes is not None:
+            moves = [(pending_images / name, publish / split / str(classes[name]) / PurePosixPath(name).name)]
+        else:
+            label_name = str(PurePosixPath(name).with_suffix(".txt"))
+            moves = [(pending_images / name, publish / "images" / split / name),
+                     (pending_images.parent / "labels" / label_name, publish / "labels" / split / label_name)]
+        for source, target in moves:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
-    return written
 
 
 def _check_options(options: YoloOptions) -> None:
@@ -142,7 +160,8 @@ def _check_options(options: YoloOptions) -> None:
         raise ConversionError("--val_fraction must be at least 0 and less than 1")
 
 
-def _write_dataset(tasks: Iterable[dict], options: YoloOptions, names: list[str], image_key: str | None) -> Summary:
+def _write_dataset(tasks: Iterable[dict], options: YoloOptions, names: list[str], image_key: str | None,
+                   plan: TaskPlan | None = None) -> Summary:
     base = options.convert
     sources = base.sources or ImageSources(default_ls_data_dir(), default_local_files_root())
     summary = Summary()
@@ -150,11 +169,16 @@ def _write_dataset(tasks: Iterable[dict], options: YoloOptions, names: list[str]
         with staged_output(base.out_dir) as staging:
             pending = staging.work / "pending" / "images"
             images = ExportImages(ImageLocator(sources, staging.work / "downloads"), pending)
-            categories = CategoryIndex(names)
-            converted = convert_tasks(tasks, base.selection, categories, images, image_key, summary)
-            write_yolo(converted, options, pending, staging.publish, summary)
-            summary.categories = categories.names
-            (staging.publish / "data.yaml").write_text(data_yaml(base.out_dir, summary.categories), encoding="utf-8")
+            categories = CategoryIndex(plan.category_names() if plan else names)
+            if plan is None:
+                converted = convert_tasks(tasks, base.selection, categories, images, image_key, summary)
+                write_yolo(converted, options, pending, staging.publish, summary)
+                summary.categories = categories.names
+            else:
+                _write_task_kind(tasks, options, plan, images, pending, categories, image_key, staging.publish, summary)
+            (staging.publish / "data.yaml").write_text(
+                data_yaml(base.out_dir, summary.categories, plan.yaml_fields() if plan else None, options.task),
+                encoding="utf-8")
             summary.outputs.append(base.out_dir / "data.yaml")
     except ExportError as exc:
         raise ConversionError(str(exc)) from None
@@ -168,9 +192,41 @@ def export_yolo(options: YoloOptions) -> Summary:
     _check_options(options)
     if not options.convert.json_file_path.is_file():
         raise ConversionError(f"the export '{options.convert.json_file_path}' does not exist")
-    names, config_key = fixed_classes(options.convert)
     tasks = iter_export_tasks(options.convert.json_file_path, options.convert.progress)
+    if options.task in TASK_KINDS:
+        config_path = options.convert.label_config
+        try:
+            config = config_path.read_text(encoding="utf-8") if config_path is not None else None
+        except OSError as exc:
+            raise ConversionError(f"cannot read the labeling config '{config_path}': {exc.strerror or exc}") from None
+        plan = task_plan(options.task, config, options.from_names, options.convert.classes)
+        return _write_dataset(tasks, options, [], options.convert.image_key or _config_image_key(config), plan)
+    names, config_key = fixed_classes(options.convert)
     return _write_dataset(tasks, options, names, options.convert.image_key or config_key)
+
+
+def _write_task_kind(tasks: Iterable[dict], options: YoloOptions, plan: TaskPlan, images: ExportImages, pending: Path,
+                     categories: CategoryIndex, image_key: str | None, publish: Path, summary: Summary) -> None:
+    """A classify, pose or OBB dataset: tools.yolo_task_dataset labels the images, then they go into their splits."""
+    converted = convert_tasks(plan.tasks(tasks, options.convert.selection), options.convert.selection, categories,
+                              images, image_key, summary)
+    written = write_task_dataset(converted, plan, pending, summary, {name: i for i, name in enumerate(plan.classes)})
+    if plan.task == "classify":
+        summary.categories = sorted(set(plan.classes) | {label for label in written.values() if label})
+        publish_splits(list(written), pending, publish, options, dict(written))
+    else:
+        summary.categories = categories.names
+        publish_splits(list(written), pending, publish, options)
+
+
+def _config_image_key(label_config: str | None) -> str | None:
+    """The data key of the config's first image control (the tasks' image URL)."""
+    if label_config is None:
+        return None
+    from backend.label_config import parse_label_config
+
+    controls = parse_label_config(label_config).controls
+    return controls[0].data_key if controls else None
 
 
 def write_yolo_dataset(tasks: Iterable[dict], out_dir: Path, *, task: str = "segment", classes: Sequence[str] = (),
@@ -186,6 +242,13 @@ def write_yolo_dataset(tasks: Iterable[dict], out_dir: Path, *, task: str = "seg
     folders). Returns the Summary (its `report()` says what was used and left out); raises
     ConversionError for bad options, a bad labeling config or an unwritable `out_dir`, leaving
     nothing behind."""
+    if task in TASK_KINDS:
+        plan = task_plan(task, label_config, from_names, classes)
+        options = YoloOptions(ConvertOptions(Path(), Path(out_dir), selection=Selection(use_predictions, all_annotations),
+                                             image_key=image_key, sources=sources),
+                              task=task, val_fraction=val_fraction, seed=seed, from_names=tuple(from_names))
+        _check_options(options)
+        return _write_dataset(tasks, options, [], image_key or _config_image_key(label_config), plan)
     names, config_key = list(classes), None
     if label_config is not None:
         try:
@@ -207,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json_file_path", type=Path, required=True, help="the Label Studio JSON export")
     parser.add_argument("--out_dir", type=Path, required=True, help="output folder (images/, labels/, data.yaml)")
-    parser.add_argument("--task", choices=TASKS, default="segment", help="label format (default: segment)")
+    parser.add_argument("--task", choices=TASKS, default="segment",
+                        help="label format (default: segment); classify: Choices, pose: KeyPointLabels (needs "
+                             "--label_config), obb: rectangles as rotated boxes")
     parser.add_argument("--val_fraction", type=float, default=0.2, help="share of images for validation (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     parser.add_argument("--polygon_tolerance", type=float, default=0.5,

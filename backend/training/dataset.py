@@ -19,7 +19,9 @@ from backend.label_config import LabelConfig, LabelConfigError, parse_label_conf
 from backend.label_studio import Credentials
 from tools.ls_export import ExportError, iter_export_tasks, task_image_url
 from tools.ls_images import ImageSources
+from backend.training.tasks import project_task, task_controls
 from tools.ls_to_yolo import write_yolo_dataset
+from tools.yolo_task_dataset import TASK_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class ProjectData:
 @dataclass(frozen=True)
 class Dataset:
     yaml_path: Path
-    task: str  # detect | segment
+    task: str  # detect | segment | classify | pose | obb
     classes: tuple[str, ...]
     images: int
     annotations: int
@@ -86,16 +88,16 @@ def describe_api_error(exc: Exception, hostname: str, project: int) -> str:
 
 
 def trainable_task(config: LabelConfig) -> str:
-    """segment when a trainable control wants masks (PolygonLabels, BrushLabels), else detect."""
-    controls = trainable_controls(config)
-    if not controls:
-        raise DatasetError("the labeling config has no trainable RectangleLabels, PolygonLabels or BrushLabels "
-                           "(model_trainable=\"false\" on all of them?)")
-    return "segment" if any(control.wants_masks for control in controls) else "detect"
-
-
-def trainable_controls(config: LabelConfig) -> tuple:
-    return tuple(control for control in config.prediction_controls if control.trainable)
+    """The YOLO task the config trains (backend/training/tasks.py says how it is chosen)."""
+    task = project_task(config)
+    if task is None:
+        raise DatasetError("the labeling config has no trainable RectangleLabels, PolygonLabels, BrushLabels, "
+                           "KeyPointLabels or Choices (model_trainable=\"false\" on all of them?)")
+    if task == "classify" and len(task_controls(config, task)) > 1:
+        names = ", ".join(c.name for c in task_controls(config, task))
+        raise DatasetError(f"several trainable Choices ({names}): a classification model learns one of them; "
+                           "set model_trainable=\"false\" on the others")
+    return task
 
 
 def build_dataset(data: ProjectData, fetcher: ImageFetcher, credentials: Credentials | None, out_dir: Path,
@@ -106,21 +108,27 @@ def build_dataset(data: ProjectData, fetcher: ImageFetcher, credentials: Credent
     except LabelConfigError as exc:
         raise DatasetError(f"the project's labeling config cannot be used: {exc}") from None
     task = trainable_task(config)
-    controls = trainable_controls(config)
-    classes = tuple(dict.fromkeys(label for control in controls for label in control.labels))
+    controls = task_controls(config, task)
     image_key = controls[0].data_key
-    # Naming the controls only matters when some are not trainable; otherwise each object counts once anyway.
-    from_names = [control.name for control in controls] if len(controls) < len(config.prediction_controls) else []
+    if task in TASK_KINDS:  # classes from the config as tools.ls_to_yolo reads them (pose: boxes and keypoints)
+        classes: tuple[str, ...] = ()
+        from_names = [control.name for control in controls]
+    else:
+        classes = tuple(dict.fromkeys(label for control in controls for label in control.labels))
+        # Naming the controls only matters when some are not trainable; otherwise each object counts once anyway.
+        from_names = [control.name for control in controls] if len(controls) < len(config.prediction_controls) else []
     fetched = _FetchedImages(fetcher, credentials, image_key)
     try:
         summary = write_yolo_dataset(fetched.tasks(iter_export_tasks(data.export_path)), out_dir, task=task,
                                      classes=classes, from_names=from_names,
+                                     label_config=data.label_config if task in TASK_KINDS else None,
                                      image_key=image_key, sources=ImageSources(out_dir.parent / "no-ls-data"),
                                      val_fraction=VAL_FRACTION, seed=SPLIT_SEED, polygon_tolerance=polygon_tolerance)
     except ExportError as exc:
         raise DatasetError(f"Label Studio's export cannot be read: {exc}") from None
     except Exception as exc:  # tools' ConversionError and OSError: the message says what
         raise DatasetError(f"the dataset cannot be written: {exc}") from None
+    classes = tuple(summary.categories) if task in TASK_KINDS else classes
     images = summary.tasks_converted
     if images < min_images:
         raise TooFewImages(f"{images} annotated image(s) usable, TRAIN_MIN_IMAGES={min_images}: annotate more tasks "

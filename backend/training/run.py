@@ -29,6 +29,7 @@ from backend.training import dataset as datasets
 from backend.training import trainer
 from backend.training.jobs import JobBoard
 from backend.training.registry import ProjectModels
+from backend.training.tasks import METRICS, base_model_problem, task_controls
 
 logger = logging.getLogger("backend.training")
 
@@ -98,6 +99,10 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
     board.progress(spec.project, spec.job_id, "reading tasks")
     project = datasets.read_project(spec.credentials, spec.project, work, settings.download_timeout)
     config = parse_label_config(project.label_config)
+    task = datasets.trainable_task(config)
+    served = served_weights(settings, config, spec.project, task)
+    if problem := base_model_problem(_model_task(served), task, served.name):
+        raise _Refused(problem)
     fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root, settings.download_timeout,
                            settings.max_image_pixels, AccessTokens(timeout=settings.download_timeout),
                            settings.max_download_bytes, storage=direct_storage(settings))
@@ -107,7 +112,6 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
                                       settings.polygon_tolerance)
     except datasets.TooFewImages as exc:
         raise _Refused(str(exc)) from None
-    served = served_weights(settings, config, spec.project, data.task)
     logger.info("training project %d: %d images, %d annotations, classes %s, %s from %s, %d epochs at %d on %s",
                 spec.project, data.images, data.annotations, ", ".join(data.classes), data.task, served.name,
                 options.epochs, options.imgsz, device)
@@ -117,9 +121,9 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
         logger.info("training project %d: epoch %d of %d", spec.project, epoch, epochs)
         board.progress(spec.project, spec.job_id, "training", epoch=epoch, epochs=epochs)
 
-    weights = trainer.train(served, data.yaml_path, work, options, on_epoch)
+    weights = trainer.train(served, data.yaml_path, work, options, on_epoch, data.task)
     board.progress(spec.project, spec.job_id, "validating")
-    label_of = _label_mapper(config)
+    label_of = _label_mapper(config, data.task, data.classes)
     new = trainer.score(weights, data.yaml_path, data.task, lambda name: name if name in data.classes else None,
                         work, options)
     previous = trainer.score(served, data.yaml_path, data.task, label_of, work, options)
@@ -130,10 +134,10 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
             "classes": list(data.classes), "images": data.images, "annotations": data.annotations,
             "images_failed": data.images_failed, "epochs": options.epochs, "imgsz": options.imgsz,
             "device": device, "map_new": round(new.map50_95, 4), "map_previous": round(previous.map50_95, 4),
-            "map_previous_note": previous.note, "seconds": round(time.monotonic() - started, 1),
+            "map_previous_note": previous.note, "metric": METRICS[data.task], "seconds": round(time.monotonic() - started, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = models.publish(version, weights, card, promote)
-    figures = f"val mAP50-95 new {new.map50_95:.4f} vs served {previous.map50_95:.4f} ({served.name}; {previous.note})"
+    figures = f"val {METRICS[data.task]} new {new.map50_95:.4f} vs served {previous.map50_95:.4f} ({served.name}; {previous.note})"
     details = {"version": version, "map_new": card["map_new"], "map_previous": card["map_previous"]}
     if promote:
         return "promoted", f"{path.stem} serves project {spec.project}: {figures}", details
@@ -146,17 +150,29 @@ def served_weights(settings: Settings, config: LabelConfig, project: int, task: 
     from backend.models.cache import resolve_model_path
     from backend.predictor import model_choice
 
-    controls = datasets.trainable_controls(config)
+    controls = task_controls(config, task)
     control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])
     choice = model_choice(control, settings, project)
     return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting)
 
 
-def _label_mapper(config: LabelConfig):  # noqa: ANN202 - model class -> label, as serving maps it
-    controls = datasets.trainable_controls(config)
+def _model_task(weights: Path) -> str:
+    from ultralytics import YOLO
+
+    return str(YOLO(str(weights)).task)
+
+
+def _label_mapper(config: LabelConfig, task: str, classes: tuple[str, ...]):  # noqa: ANN202
+    """Model class -> dataset class, as serving maps it: through the task's controls (a pose model's
+    class through the RectangleLabels of its boxes), else a class of the same name."""
+    controls = task_controls(config, task)
+    if task == "pose":  # a keypoint Label's predicted_values name its object's class, not the class's label
+        controls = tuple(box for control in controls for box in control.options.box_controls)
+    by_lower = {name.lower(): name for name in classes}
 
     def label_of(class_name: str) -> str | None:
-        return next((label for control in controls if (label := control.label_for(class_name))), None)
+        return next((label for control in controls if (label := control.label_for(class_name))),
+                    by_lower.get(class_name.lower()))
 
     return label_of
 

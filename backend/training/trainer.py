@@ -33,7 +33,7 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class Score:
-    map50_95: float  # mean over the classes present in the val split; 0 for classes the model cannot output
+    map50_95: float  # mean over the val split's classes (0 for those the model cannot output); classify: top-1
     note: str  # how the model's classes were matched to the dataset's
 
 
@@ -59,9 +59,10 @@ def ultralytics_device(device: str) -> str:
 
 
 def train(base_weights: Path, data_yaml: Path, work_dir: Path, options: TrainOptions,
-          on_epoch: Callable[[int, int], None]) -> Path:
+          on_epoch: Callable[[int, int], None], task: str = "detect") -> Path:
     """Fine-tune `base_weights` on the dataset; returns the best weights file. The model's class names
-    are the dataset's (Ultralytics replaces the head when the classes differ)."""
+    are the dataset's (Ultralytics replaces the head when the classes differ). A classification dataset
+    is given as its folder (train/<class>/, val/<class>/), the others as their data.yaml."""
     import torch
     from ultralytics import YOLO
 
@@ -76,7 +77,7 @@ def train(base_weights: Path, data_yaml: Path, work_dir: Path, options: TrainOpt
     model.add_callback("on_train_start", keep_threads)
     model.add_callback("on_train_epoch_end", epoch_end)
     try:
-        model.train(data=str(data_yaml), epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
+        model.train(data=str(data_yaml.parent if task == "classify" else data_yaml), epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
                     device=ultralytics_device(options.device), workers=0, project=str(work_dir), name="run",
                     exist_ok=True, seed=0, deterministic=True, plots=False, verbose=False, val=False,
                     amp=options.device != "cpu", patience=0)
@@ -93,7 +94,8 @@ def train(base_weights: Path, data_yaml: Path, work_dir: Path, options: TrainOpt
 
 def score(weights: Path, data_yaml: Path, task: str, label_of: Callable[[str], str | None], work_dir: Path,
           options: TrainOptions) -> Score:
-    """mAP50-95 (masks for segment, boxes for detect) of a model on the dataset's val split.
+    """The val split's figure for the task (backend/training/tasks.py METRICS): mAP50-95 of masks (segment),
+    keypoints (pose), rotated boxes (obb) or boxes (detect); top-1 accuracy for classify.
 
     The model's classes are matched to the dataset's through `label_of` (model class -> label, as
     serving maps them), so a model trained on other classes is scored on what it would serve: a class
@@ -109,17 +111,23 @@ def score(weights: Path, data_yaml: Path, task: str, label_of: Callable[[str], s
         label = label_of(name)
         if label in classes and classes.index(label) not in to_model:
             to_model[classes.index(label)] = model_index
+    if task == "classify":
+        return _top1(model, Path(data["path"]) / "val", classes, label_of, options)
+    if task == "pose" and list(getattr(model.model, "kpt_shape", None) or []) != list(data["kpt_shape"]):
+        return Score(0.0, f"{weights.name} has keypoints {getattr(model.model, 'kpt_shape', None)}, the dataset "
+                          f"{data['kpt_shape']}")
     present = _classes_present(Path(data["path"]) / "labels" / "val")
     if not present:
         raise ValueError("the val split has no labelled objects")
     if not to_model.keys() & present:
         return Score(0.0, f"{weights.name} outputs none of the labels {', '.join(classes)}")
     eval_root = work_dir / f"eval-{weights.stem}"
-    eval_yaml = _remapped_val_split(Path(data["path"]), eval_root, to_model, model_names)
+    eval_yaml = _remapped_val_split(Path(data["path"]), eval_root, to_model, model_names,
+                                    {key: data[key] for key in ("kpt_shape", "flip_idx") if key in data})
     metrics = model.val(data=str(eval_yaml), split="val", imgsz=options.imgsz, batch=options.batch,
                         device=ultralytics_device(options.device), workers=0, plots=False, verbose=False,
                         project=str(work_dir), name=f"val-{weights.stem}", exist_ok=True)
-    metric = metrics.seg if task == "segment" and getattr(metrics, "seg", None) is not None else metrics.box
+    metric = getattr(metrics, {"segment": "seg", "pose": "pose"}.get(task, "box"), None) or metrics.box
     ap_by_model_class = dict(zip((int(c) for c in metric.ap_class_index), (float(a) for a in metric.ap)))
     total = sum(ap_by_model_class.get(to_model[c], 0.0) for c in present if c in to_model)
     unknown = sorted(classes[c] for c in present if c not in to_model)
@@ -137,7 +145,33 @@ def _classes_present(labels_dir: Path) -> set[int]:
     return present
 
 
-def _remapped_val_split(dataset_root: Path, eval_root: Path, to_model: dict[int, int], model_names: dict[int, str]) -> Path:
+def _top1(model, val_dir: Path, classes: list[str], label_of: Callable[[str], str | None],  # noqa: ANN001 - YOLO
+          options: TrainOptions) -> Score:
+    """Share of val images whose served choice is right: the likeliest model class that has a label, as
+    backend/controls/classification.py chooses (a model class without a label is never served)."""
+    samples = [(image, classes.index(folder.name)) for folder in sorted(val_dir.iterdir())
+               if folder.is_dir() and folder.name in classes for image in sorted(folder.iterdir()) if image.is_file()]
+    if not samples:
+        raise ValueError("the val split has no images")
+    labelled = {index: classes.index(label) for index, name in model.names.items()
+                if (label := label_of(str(name))) in classes}
+    if not labelled:
+        return Score(0.0, f"{Path(model.ckpt_path or '').name} outputs none of the labels {', '.join(classes)}")
+    correct = 0
+    for start in range(0, len(samples), max(options.batch, 1)):
+        chunk = samples[start:start + max(options.batch, 1)]
+        results = model.predict([str(path) for path, _ in chunk], imgsz=options.imgsz, verbose=False,
+                                device=ultralytics_device(options.device))
+        for result, (_, truth) in zip(results, chunk):
+            probs = result.probs.data.cpu().numpy()
+            best = max(labelled, key=lambda index: probs[int(index)])
+            correct += labelled[best] == truth
+    return Score(correct / len(samples), f"top-1 on {len(samples)} val images, "
+                                         f"{len(set(labelled.values()))} of {len(classes)} classes matched")
+
+
+def _remapped_val_split(dataset_root: Path, eval_root: Path, to_model: dict[int, int], model_names: dict[int, str],
+                        extra: dict) -> Path:
     """The val split with class ids in the model's numbering (objects of other classes left out: they
     count as missed through the class average in `score`)."""
     shutil.rmtree(eval_root, ignore_errors=True)
@@ -162,5 +196,5 @@ def _remapped_val_split(dataset_root: Path, eval_root: Path, to_model: dict[int,
             label_target.write_text("".join(line + "\n" for line in lines))
     eval_yaml = eval_root / "data.yaml"
     eval_yaml.write_text(yaml.safe_dump({"path": str(eval_root.resolve()), "train": "images/val", "val": "images/val",
-                                         "names": model_names}, sort_keys=False, allow_unicode=True))
+                                         **extra, "names": model_names}, sort_keys=False, allow_unicode=True))
     return eval_yaml
