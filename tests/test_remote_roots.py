@@ -17,7 +17,7 @@ from backend.object_storage import ObjectStorage, StorageError, label_studio_url
 from backend.settings import Settings, SettingsError
 from tests.conftest import DEMO_SEG, MODELS_DIR, demo_settings, local_url
 from tests.fake_label_studio_api import PROJECT_ID, TOKEN, FakeLabelStudioAPI
-from tests.test_preannotate import CONFIG, FAST_RETRY, without_ids
+from tests.test_preannotate import CONFIG, FAST_RETRY, assert_same_regions, without_ids
 from tools.annotate_dir import AnnotateError, AnnotateOptions, annotate, main
 from tools.preannotate.__main__ import job_settings
 from tools.preannotate.job import JobOptions, run_local
@@ -242,7 +242,9 @@ def test_storage_options_from_settings_and_the_command_line() -> None:
     assert json.loads(settings.storage_options) == {"anon": False, "endpoint_url": "http://b"}
 
 
-def test_preannotate_reads_cloud_task_urls_itself_with_read_storage_direct(s3: dict, photos: Path, tmp_path: Path) -> None:
+def preannotate_s3_and_local(s3: dict, photos: Path, tmp_path: Path, run_direct) -> tuple[dict, dict, object]:  # noqa: ANN001
+    """Predictions written for the same images as Local Storage tasks (one process) and as s3:// tasks
+    read directly by `run_direct`; the last task's object does not exist."""
     names = [f"shape {seed}.png" for seed in SEEDS if not seed % 2] + ["absent.png"]
     written = {}
     for how, url_of, overrides in (
@@ -251,8 +253,31 @@ def test_preannotate_reads_cloud_task_urls_itself_with_read_storage_direct(s3: d
              {"storage_read": "direct", "storage_options": json.dumps(s3["options"])})):
         settings = demo_settings(photos, tmp_path / how, device="cpu", **overrides)
         with FakeLabelStudioAPI(CONFIG, len(names), lambda i: {"image": url_of(names[i])}) as fake:
-            summary = run_local(JobOptions(fake.url, TOKEN, PROJECT_ID, settings, batch=2, retry=FAST_RETRY))
-            written[how] = [without_ids(fake.predictions[task_id][0]["result"]) for task_id in list(fake.task_ids())[:-1]]
+            options = JobOptions(fake.url, TOKEN, PROJECT_ID, settings, batch=2, retry=FAST_RETRY)
+            summary = run_local(options) if how == "local" else run_direct(options)
+            written[how] = {task_id: p[0]["result"] for task_id, p in fake.predictions.items() if p}
         assert (summary.predicted, summary.failed) == (len(names) - 1, {"image cannot be read": 1})
-    assert written["direct"] == written["local"] and any(written["local"])
     assert f"'s3://{BUCKET}/photos/absent.png' not found" in " ".join(summary.examples)
+    return written["local"], written["direct"], summary
+
+
+def test_preannotate_reads_cloud_task_urls_itself_with_read_storage_direct(s3: dict, photos: Path, tmp_path: Path) -> None:
+    local, direct, _ = preannotate_s3_and_local(s3, photos, tmp_path, run_local)
+    assert {k: without_ids(v) for k, v in direct.items()} == {k: without_ids(v) for k, v in local.items()}
+    assert any(local.values())
+
+
+@pytest.mark.slow
+def test_preannotate_ray_actors_read_cloud_task_urls_themselves(s3: dict, photos: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from tools.preannotate.ray_job import RayOptions, run_on_ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        local, direct, summary = preannotate_s3_and_local(s3, photos, tmp_path,
+                                                          lambda options: run_on_ray(options, RayOptions(actors=2)))
+    finally:
+        ray.shutdown()
+    assert summary.workers >= 1 and sorted(direct) == sorted(local)  # predicted (and read) by actor processes
+    for task_id, regions in direct.items():
+        assert_same_regions(regions, local[task_id])
