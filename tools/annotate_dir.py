@@ -1,7 +1,8 @@
 """Offline auto-annotation of a folder of images -> COCO (CVAT-importable) and Label Studio tasks.
 
     python -m tools.annotate_dir IMAGES_DIR [--model models/demo-shapes-seg.pt] [--config config.toml]
-        [--shape boxes|polygons|masks] [--sam [CHECKPOINT]] [--out_dir DIR] [--ls_tasks tasks.json]
+        [--shape boxes|polygons|masks] [--sam [CHECKPOINT]] [--label_config config.xml] [--out_dir DIR]
+        [--ls_tasks tasks.json]
 
 Runs the backend itself (settings, models, batch predictor, image loading) over every image in
 IMAGES_DIR (recursively), then converts the predictions with the same code as the Label Studio
@@ -10,8 +11,11 @@ file names in it are relative to IMAGES_DIR, as CVAT's COCO import expects) and,
 Label Studio tasks with these predictions, to import into a project whose Local Storage (or
 LOCAL_FILES_DOCUMENT_ROOT) serves --ls_root. Files that cannot be read are skipped and reported.
 `--config` takes a TOML file of backend settings (the README's `--with` keys); `--with key=value`
-and the options here override it. IMAGES_DIR may be a bucket: `s3://bucket/prefix`, `gs://...`,
-`az://container/prefix` (tools/remote_files.py; each image is read by the process that predicts it).
+and the options here override it. Pose, OBB and classification models (or a labeling config with
+KeyPointLabels, Choices, Taxonomy) also write COCO keypoints and image classes (tools/annotate_tasks.py),
+and --ls_video_tasks tracks the folder's videos (tools/annotate_videos.py). IMAGES_DIR may be a
+bucket: `s3://bucket/prefix`, `gs://...`, `az://container/prefix` (tools/remote_files.py; each image
+is read by the process that predicts it).
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ from xml.sax.saxutils import quoteattr
 
 from tqdm import tqdm
 
-from backend.label_config import parse_label_config
+from backend.label_config import LabelConfigError, parse_label_config
 from backend.object_storage import parse_storage_options
 from backend.settings import Settings, SettingsError
 from tools.convert_to_rle_mask_coco import EXIT_STRICT, run_and_report, write_coco
-from tools.ls_export import CategoryIndex, Selection, Summary
+from tools.ls_export import CategoryIndex, Selection, Summary, label_config_classes
 from tools.ls_images import PlacedImage
 from tools.preannotate.predicting import model_version
 from tools.remote_files import RemoteImages, RootError, image_root, parse_option_pairs, remote_settings
@@ -113,6 +117,8 @@ class AnnotateOptions:
     progress: bool = False
     ray: str | None = None  # None: this process; "local": a local Ray; else a Ray cluster address
     storage_options: tuple[tuple[str, Any], ...] = ()  # fsspec options for a cloud root, over STORAGE_OPTIONS
+    label_config: Path | None = None  # a labeling config to predict; default: one made for the model's task
+    ls_video_tasks: Path | None = None  # also track the folder's videos into Label Studio tasks written here
 
 
 def annotate_settings(options: AnnotateOptions, environ: dict[str, str]) -> Settings:
@@ -126,9 +132,11 @@ def annotate_settings(options: AnnotateOptions, environ: dict[str, str]) -> Sett
         model_file = Path(options.model).expanduser()
         if model_file.is_file():
             values["model_root"] = str(model_file.resolve().parent)
-            values["yolo_det_model"] = values["yolo_seg_model"] = model_file.name
+            model_name = model_file.name
         else:
-            values["yolo_det_model"] = values["yolo_seg_model"] = options.model
+            model_name = options.model
+        for key in ("yolo_det_model", "yolo_seg_model", "yolo_pose_model", "yolo_obb_model", "yolo_cls_model"):
+            values[key] = model_name
     if options.sam_checkpoint is not None:
         values["model_name"] = values.get("model_name") or "sam"
         values["yolo_sam"] = True
@@ -191,7 +199,9 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     """Predict every image of the folder and write the outputs; raises AnnotateError for user errors."""
     from backend.app import build_services
     from backend.models.cache import ModelPathError
-    from backend.predictor import ModelChoice
+    from backend.predictor import PredictionConfigError
+    from tools.annotate_tasks import TaskOutputs, model_label_config, read_label_config
+    from tools.annotate_videos import folder_videos, track_videos, video_config
 
     if options.batch < 1:
         raise AnnotateError("--batch must be at least 1")
@@ -204,20 +214,21 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
         urls = images.list_urls(IMAGE_SUFFIXES)
     except RootError as exc:
         raise AnnotateError(str(exc)) from None
-    if not urls:
+    videos = folder_videos(options) if options.ls_video_tasks else []
+    if not urls and not videos:
         raise AnnotateError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{options.images_dir}'")
     try:
         services = build_services(settings)
-        model = services.yolo.get(ModelChoice(settings.yolo_seg_model, "--model"))
-    except (ModelPathError, SettingsError, ImportError, OSError) as exc:
+        config_xml = read_label_config(options.label_config) if options.label_config else model_label_config(
+            services, settings, options.shape)
+        class_names = label_config_classes(config_xml)[0]
+        folder_predictor = FolderPredictor(settings, config_xml, services)
+        folder_predictor.check()
+        video_xml = video_config(config_xml if options.label_config else None, services, settings) if videos else None
+    except (ModelPathError, SettingsError, ImportError, OSError, LabelConfigError, PredictionConfigError) as exc:
         raise AnnotateError(str(exc)) from None
-    shape = options.shape or ("polygons" if model.has_masks or settings.yolo_sam else "boxes")
-    if shape != "boxes" and not (model.has_masks or settings.yolo_sam):
-        raise AnnotateError(f"'{settings.yolo_seg_model}' is a detection model: use --shape boxes, a segmentation model, or --sam")
-    class_names = list(model.class_names)
-    config_xml = label_config_xml(class_names, shape)
     unreadable: list[tuple[int, str, str]] = []
-    in_process = FolderPredictor(settings, config_xml, services) if options.ray is None else None
+    in_process = folder_predictor if options.ray is None else None
     version = in_process.version if in_process is not None else model_version(services, parse_label_config(config_xml))
 
     def predicted_tasks(ls_out: LsTasksWriter | None) -> Iterator[dict]:
@@ -232,11 +243,12 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
                     if failure:
                         unreadable.append((task["id"], images.name(url), failure))
                         continue
-                    images.note_size(url, task.pop("image_size"))
+                    size = task.pop("image_size")
+                    images.note_size(url, size)
                     task["predictions"] = [prediction]
                     if ls_out is not None:
                         ls_out.add(task, images.ls_url(url))
-                    yield task
+                    yield task_outputs.add(task, images.name(url), size)
                 bar.update(len(chunk_results))
 
     out_dir = Path(options.out_dir or options.images_dir).expanduser()
@@ -244,10 +256,20 @@ def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) ->
     try:
         with staged_output(out_dir) as staging:
             ls_out = LsTasksWriter(staging.work / "tasks.json") if options.ls_tasks else None
+            task_outputs = TaskOutputs(parse_label_config(config_xml), services, settings, staging.work,
+                                       named_by_config=options.label_config is not None)
+            # Without RectangleLabels, PolygonLabels or BrushLabels there are no instances to publish.
+            instances_dir = staging.publish if class_names and urls else staging.work
             summary = write_coco(predicted_tasks(ls_out), Selection(use_predictions=True), CategoryIndex(class_names),
-                                 images, "image", staging.publish / "annotations" / COCO_NAME,
+                                 images, "image", instances_dir / "annotations" / COCO_NAME,
                                  staging.work, info)
-            summary.outputs.append(out_dir / "annotations" / COCO_NAME)
+            if class_names and urls:
+                summary.outputs.append(out_dir / "annotations" / COCO_NAME)
+            if video_xml is not None:
+                track_videos(videos, video_xml, settings, staging.work, options.ls_video_tasks, summary)
+            for path in task_outputs.write(staging.publish / "annotations", info):
+                summary.outputs.append(out_dir / "annotations" / path.name)
+            summary.regions.update(task_outputs.counts)
             if ls_out is not None:
                 ls_out.close()
                 options.ls_tasks.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +322,10 @@ class FolderPredictor:
 
     def _note_image(self, image) -> None:  # noqa: ANN001 - backend.images.TaskImage
         self._loaded[image.url] = (image.width, image.height)
+
+    def check(self) -> None:
+        """Raises ModelPathError / PredictionConfigError when a control's model is missing or of the wrong task."""
+        self._predictor.plan(self._config)
 
     def predict(self, tasks: list[dict]) -> list[tuple[dict, dict | None, str | None]]:
         self._loaded.clear()
@@ -376,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sam", nargs="?", const="", default=None, metavar="CHECKPOINT",
                         help="masks from SAM prompted with the YOLO boxes (MODEL_NAME=sam, YOLO_SAM=true); "
                              "optionally the SAM checkpoint file")
+    parser.add_argument("--label_config", type=Path, default=None,
+                        help="labeling config to predict (its controls' model_path, else --model or the settings' "
+                             "models); default: one made for --model's task")
+    parser.add_argument("--ls_video_tasks", type=Path, default=None,
+                        help="also track the folder's videos (.mp4 .webm .mov .avi .mkv .m4v) with the detection model "
+                             "and write one Label Studio task per video here (a video project's tasks)")
     parser.add_argument("--out_dir", type=Path, default=None,
                         help="writes OUT_DIR/annotations/instances_default.json (default: IMAGES_DIR)")
     parser.add_argument("--ls_tasks", type=Path, default=None, help="also write Label Studio tasks with predictions here")
@@ -401,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             images_dir=image_root(args.images_dir), out_dir=args.out_dir, model=args.model, shape=args.shape,
             settings_file=args.config, overrides=tuple(parse_with(args.overrides).items()),
             sam_checkpoint=args.sam, ls_tasks=args.ls_tasks, ls_root=args.ls_root, batch=args.batch, progress=True,
-            ray=args.ray, storage_options=tuple(parse_option_pairs(args.storage_options).items())))
+            ray=args.ray, label_config=args.label_config, ls_video_tasks=args.ls_video_tasks,
+            storage_options=tuple(parse_option_pairs(args.storage_options).items())))
 
     return run_and_report(run, args.strict, (AnnotateError, RootError))
 

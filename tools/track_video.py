@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from backend.controls.video import frame_rate_of, video_regions
-from backend.label_config import LabelConfigError, parse_label_config
+from backend.label_config import Control, LabelConfigError, parse_label_config
 from backend.models.cache import ModelPathError, resolve_model_path, select_device
 from backend.models.yolo_track import VideoError, track_video
 from backend.regions import prediction
@@ -24,26 +24,37 @@ from backend.settings import Settings
 from backend.video_predictor import track_options
 
 
-def video_tasks(videos: list[Path], label_config: str, settings: Settings, url_prefix: str) -> list[dict]:
-    """One Label Studio task per video, with the predictions of every VideoRectangle in the config."""
+def video_controls(label_config: str) -> list[Control]:
+    """The config's VideoRectangles; raises LabelConfigError when it has none."""
     controls = [c for c in parse_label_config(label_config).prediction_controls if c.tag == "VideoRectangle"]
     if not controls:
         raise LabelConfigError("the labeling config has no VideoRectangle to predict")
-    tasks = []
-    for video in videos:
-        data: dict = {}
-        regions = []
-        for control in controls:
-            data[control.data_key] = url_prefix + video.name
-            model = resolve_model_path(settings.model_root_path, control.model_path or settings.yolo_det_model,
-                                       f"model_path on <VideoRectangle name=\"{control.name}\">")
-            info, frames = track_video(video, model, track_options(control, settings, select_device(settings.device)),
-                                       float("inf"))
-            regions += video_regions(control, frames, info, frame_rate_of(control, data))
-        version = ",".join(sorted({Path(c.model_path or settings.yolo_det_model).stem for c in controls}))
-        tasks.append({"data": data, "predictions": [prediction(regions, version)]})
-        print(f"{video}: {len(regions)} tracks", file=sys.stderr)
-    return tasks
+    return controls
+
+
+def video_task(video: Path, url: str, controls: list[Control], settings: Settings) -> dict:
+    """The Label Studio task of one video (at `url`) with the predictions of the VideoRectangles. A
+    <Video frameRate="$key"> gets the video's own frame rate in the task's data[key]."""
+    data: dict = {}
+    regions = []
+    for control in controls:
+        data[control.data_key] = url
+        model = resolve_model_path(settings.model_root_path, control.model_path or settings.yolo_det_model,
+                                   f"model_path on <VideoRectangle name=\"{control.name}\">")
+        info, frames = track_video(video, model, track_options(control, settings, select_device(settings.device)),
+                                   float("inf"))
+        if control.options.frame_rate.startswith("$"):
+            data.setdefault(control.options.frame_rate[1:], info.fps)
+        regions += video_regions(control, frames, info, frame_rate_of(control, data))
+    version = ",".join(sorted({Path(c.model_path or settings.yolo_det_model).stem for c in controls}))
+    print(f"{video}: {len(regions)} tracks", file=sys.stderr)
+    return {"data": data, "predictions": [prediction(regions, version)]}
+
+
+def video_tasks(videos: list[Path], label_config: str, settings: Settings, url_prefix: str) -> list[dict]:
+    """One Label Studio task per video, with the predictions of every VideoRectangle in the config."""
+    controls = video_controls(label_config)
+    return [video_task(video, url_prefix + video.name, controls, settings) for video in videos]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,17 @@ class TaskYoloModel:
         names = self._model.names
         return tuple(names[i] for i in sorted(names))
 
+    @property
+    def keypoint_names(self) -> dict[str, tuple[str, ...]]:
+        """A pose model's keypoint names by class name (Ultralytics' `kpt_names`: "0", "1", ... unless its
+        dataset named them); {} when the model file does not say (an export without that metadata)."""
+        inner = self._model.model
+        by_id = getattr(inner, "kpt_names", None)
+        shape = getattr(inner, "kpt_shape", None)
+        if not by_id and shape:
+            by_id = {class_id: [str(i) for i in range(int(shape[0]))] for class_id in self._model.names}
+        return {self._model.names[class_id]: tuple(names) for class_id, names in (by_id or {}).items()}
+
     def predict(self, images_rgb: list[np.ndarray], conf: float) -> list[TaskOutput]:
         """Ultralytics' `predict` on RGB images (one forward pass for the list)."""
         return self.infer(self.prepare(images_rgb), conf) if images_rgb else []
