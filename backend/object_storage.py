@@ -93,8 +93,9 @@ class ObjectStorage:
 
                 try:
                     self._filesystems[protocol] = fsspec.filesystem(protocol, **self._options)
-                except TypeError as exc:  # an option this filesystem does not take
-                    raise StorageError(f"storage options {sorted(self._options)} do not suit {protocol}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - an option it does not take, no account name (adlfs), ...
+                    raise StorageError(f"cannot open {LABEL_STUDIO_SCHEMES[protocol]}:// storage with the storage options "
+                                       f"{sorted(self._options)}: {type(exc).__name__}: {str(exc)[:200]}") from None
             return self._filesystems[protocol]
 
     def _locate(self, url: str) -> tuple[Any, str]:
@@ -123,21 +124,21 @@ class ObjectStorage:
             partial.replace(target)
         return target
 
-    def find(self, root_url: str) -> list[tuple[str, int | None]]:
-        """(URL, size) of every object under `root_url` (a bucket, or a prefix taken as a folder), sorted."""
+    def find(self, root_url: str) -> list[str]:
+        """The URL of every object under `root_url` (a bucket, or a prefix taken as a folder), sorted."""
         fs, root = self._locate(root_url)
         scheme = root_url.partition("://")[0]
-        with _storage_errors(root_url):
+        with _storage_errors(root_url, "list"):
             if "/" in root and fs.isfile(root):
                 raise StorageError(f"'{root_url}' is an object, not a folder of images")
             fs.invalidate_cache(root)  # a long-lived filesystem must not answer with an old listing
             found = fs.find(root, detail=True)
-        return sorted((f"{scheme}://{path}", info.get("size")) for path, info in found.items()
+        return sorted(f"{scheme}://{path}" for path, info in found.items()
                       if info.get("type", "file") == "file" and not path.endswith("/"))
 
 
 @contextmanager
-def _storage_errors(url: str) -> Iterator[None]:
+def _storage_errors(url: str, verb: str = "read") -> Iterator[None]:
     """Cloud SDK exceptions (FileNotFoundError, PermissionError, botocore/azure/google errors) as StorageError."""
     url = url[:200]
     try:
@@ -147,14 +148,13 @@ def _storage_errors(url: str) -> Iterator[None]:
     except FileNotFoundError:
         raise StorageError(f"'{url}' not found") from None
     except PermissionError as exc:
-        raise StorageError(f"permission denied reading '{url}': {str(exc)[:200]}") from None
+        raise StorageError(f"permission denied to {verb} '{url}': {str(exc)[:200]}") from None
     except Exception as exc:  # noqa: BLE001 - each cloud SDK has its own exception types
-        detail = str(exc)[:200] or type(exc).__name__
-        if type(exc).__name__ in ("NoCredentialsError", "DefaultCredentialsError", "ClientAuthenticationError"):
-            raise StorageError(f"no credentials to read '{url}' (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, "
-                               f"AZURE_STORAGE_* or STORAGE_OPTIONS): {detail}") from None
-        raise StorageError(f"cannot read '{url}': {type(exc).__name__}: {detail}") from None
-
+        detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if "Credentials" in type(exc).__name__ or type(exc).__name__ == "ClientAuthenticationError":
+            raise StorageError(f"no usable credentials to {verb} '{url}' (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, "
+                               f"AZURE_STORAGE_* or the storage options): {detail}") from None
+        raise StorageError(f"cannot {verb} '{url}': {detail}") from None
 
 def direct_storage(settings) -> ObjectStorage | None:  # noqa: ANN001 - backend.settings.Settings (imports this module)
     """The reader STORAGE_READ=direct asks for; None when Label Studio presigns cloud URLs."""

@@ -136,7 +136,7 @@ def test_listing_is_recursive_sorted_images_only_and_skips_hidden_names(s3: dict
 @pytest.mark.parametrize("root, message", [
     (f"s3://{BUCKET}/nothing-here", "no images"),
     (f"s3://{BUCKET}/photos/notes.txt", "is an object, not a folder"),
-    ("s3://no-such-bucket/photos", "cannot list 's3://no-such-bucket/photos'"),
+    ("s3://no-such-bucket/photos", "'s3://no-such-bucket/photos' not found"),
 ])
 def test_roots_without_images_are_one_clear_error(s3: dict, photos: Path, tmp_path: Path, root: str, message: str) -> None:
     with pytest.raises(AnnotateError, match=message):
@@ -167,7 +167,7 @@ def test_a_denied_object_fails_alone_with_its_reason(s3: dict, photos: Path, tmp
     coco, tasks = outputs(tmp_path)
     assert len(coco["images"]) == len(tasks) == len(SEEDS) - 1
     assert summary.tasks_skipped == {"unreadable image": 2}
-    assert f"shape {SEEDS[0]}.png: permission denied reading 's3://{BUCKET}/photos/shape {SEEDS[0]}.png'" in summary.report()
+    assert f"shape {SEEDS[0]}.png: permission denied to read 's3://{BUCKET}/photos/shape {SEEDS[0]}.png'" in summary.report()
 
 
 def test_the_fetcher_reads_cloud_urls_directly_in_memory_or_into_the_cache(s3: dict, photos: Path, tmp_path: Path) -> None:
@@ -281,3 +281,12 @@ def test_preannotate_ray_actors_read_cloud_task_urls_themselves(s3: dict, photos
     assert summary.workers >= 1 and sorted(direct) == sorted(local)  # predicted (and read) by actor processes
     for task_id, regions in direct.items():
         assert_same_regions(regions, local[task_id])
+
+
+def test_incomplete_credentials_are_named_as_such(s3: dict, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "only-the-key")  # the secret is missing
+    options = {"endpoint_url": s3["options"]["endpoint_url"], "skip_instance_cache": True}
+    with pytest.raises(RootError, match=f"no usable credentials to list 's3://{BUCKET}/photos'.*AWS_"):
+        RemoteImages(f"s3://{BUCKET}/photos", options).list_urls({".png"})

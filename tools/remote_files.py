@@ -57,7 +57,7 @@ def storage_options_json(option_pairs: tuple[tuple[str, Any], ...], values: dict
     """STORAGE_OPTIONS (from `values`, else the environment) with the --storage_option pairs over it."""
     configured = values.get("storage_options", environ.get("STORAGE_OPTIONS", ""))
     try:
-        options = parse_storage_options(str(configured)) if isinstance(configured, str) else dict(configured)
+        options = parse_storage_options(str(configured))
     except ValueError as exc:
         raise RootError(str(exc)) from None
     options.update(dict(option_pairs))
@@ -83,9 +83,9 @@ class RemoteImages:
         try:
             found = self._storage.find(self.root)
         except StorageError as exc:
-            raise RootError(f"cannot list '{self.root}': {exc}") from None
+            raise RootError(str(exc)) from None
         urls = []
-        for url, _ in found:
+        for url in found:
             name = PurePosixPath(self.name(url))
             if name.suffix.lower() in suffixes and not any(part.startswith(".") for part in name.parts):
                 urls.append(url)
