@@ -31,6 +31,7 @@ from backend.predictor import PredictionConfigError, model_choice
 from backend.regions import prediction
 from backend.services import Services, build_services
 from backend.settings import Settings
+from backend.video_prompts import has_video_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -310,4 +311,8 @@ def _interactive(services: Services, tasks: list, config: LabelConfig, context: 
     if services.interactive is None:
         logger.warning("interactive request ignored: no SAM model is configured (set MODEL_NAME=sam and SAM_CHECKPOINT_FILE)")
         return [prediction([], version) for _ in tasks]
+    if has_video_prompts(context):
+        from backend.video_interactive import video_predictions  # imports Meta's sam2 package
+
+        return video_predictions(services, tasks, config, context, credentials, version)
     return services.interactive.predict(tasks, config, context, credentials, version)

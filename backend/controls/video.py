@@ -56,7 +56,7 @@ def video_regions(control: Control, frames: list[TrackedFrame], info: VideoInfo,
         if not votes:
             continue
         label = max(votes, key=lambda name: (votes[name], -list(votes).index(name)))  # ties: first seen
-        sequence = _sequence(items, info, frame_rate)
+        sequence = track_sequence(items, info, frame_rate)
         regions.append({
             "id": uuid.uuid4().hex[:10],
             "from_name": control.name,
@@ -70,7 +70,8 @@ def video_regions(control: Control, frames: list[TrackedFrame], info: VideoInfo,
     return regions
 
 
-def _sequence(items: list[tuple[int, np.ndarray, float, str]], info: VideoInfo, frame_rate: float) -> list[dict]:
+def track_sequence(items: list[tuple[int, np.ndarray, float, str]], info: VideoInfo, frame_rate: float) -> list[dict]:
+    """Keyframes of one track: (decoded index, xyxy box, score, class) per frame it was found in."""
     keyframes: list[list] = []  # [Label Studio frame, first decoded index, last decoded index, box]
     for index, box, _, _ in items:
         frame = label_studio_frame(index, info.fps, frame_rate)

@@ -69,6 +69,12 @@ class Sam2Model:
         self._autocast = autocast_dtype(self.device)
         self._torch_threads = torch.get_num_threads()  # see SamModel: Ultralytics lowers it
 
+    @property
+    def config_file(self) -> str:
+        """Meta's config file of this size and version (the name is `sam2[.1]:<size>:<checkpoint>`)."""
+        family, size = self.name.split(":")[:2]
+        return CONFIG_FILES[(size, family.removeprefix("sam"))]
+
     def _running(self) -> contextlib.AbstractContextManager:
         torch.set_num_threads(self._torch_threads)
         if self._autocast is None:

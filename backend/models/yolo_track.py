@@ -63,21 +63,30 @@ def tracked_frame(index: int, result) -> TrackedFrame:  # noqa: ANN001 - ultraly
                         boxes.conf.cpu().numpy().astype(np.float64), tuple(result.names[i] for i in class_ids))
 
 
-def track_video(video: Path, model_path: Path, options: TrackOptions, time_limit: float) -> tuple[VideoInfo, list[TrackedFrame]]:
-    """Track objects through the video, frame by frame, for at most `time_limit` seconds."""
+def probe_video(video: Path) -> VideoInfo:
+    """The video's frame rate, size and frame count as its header states them; raises VideoError."""
     import cv2
-    import torch
-    from ultralytics import YOLO
 
     capture = cv2.VideoCapture(str(video))
     opened = capture.isOpened()
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) if opened else 0.0
     width, height = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) if opened else (0, 0)
+    frame_count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if opened else 0
     capture.release()
     if not opened:
         raise VideoError(f"'{video.name}' is not a video OpenCV can read")
     if fps <= 0 or width <= 0 or height <= 0:
         raise VideoError(f"'{video.name}' has no frame rate or frame size")
+    return VideoInfo(fps, frame_count, width, height, True)
+
+
+def track_video(video: Path, model_path: Path, options: TrackOptions, time_limit: float) -> tuple[VideoInfo, list[TrackedFrame]]:
+    """Track objects through the video, frame by frame, for at most `time_limit` seconds."""
+    import torch
+    from ultralytics import YOLO
+
+    header = probe_video(video)
+    fps, width, height = header.fps, header.width, header.height
     model = YOLO(str(model_path))
     track_options = dict(stream=True, tracker=BUILT_IN_TRACKERS.get(options.tracker, options.tracker), conf=options.conf,
                          iou=options.iou, device=options.device, verbose=False)
