@@ -17,6 +17,7 @@ from backend.object_storage import ObjectStorage, StorageError, label_studio_url
 from backend.settings import Settings, SettingsError
 from tests.conftest import DEMO_SEG, MODELS_DIR, demo_settings, local_url
 from tests.fake_label_studio_api import PROJECT_ID, TOKEN, FakeLabelStudioAPI
+from tests.s3_stand_in import moto_s3
 from tests.test_preannotate import CONFIG, FAST_RETRY, assert_same_regions, without_ids
 from tools.annotate_dir import AnnotateError, AnnotateOptions, annotate, main
 from tools.preannotate.__main__ import job_settings
@@ -25,8 +26,7 @@ from tools.remote_files import RemoteImages, RootError, image_root, parse_option
 from tools.shapes_dataset import generate_image
 
 s3fs = pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
 BUCKET = "shapes"
 SEEDS = range(6100, 6105)
@@ -35,19 +35,9 @@ ONE_MB = 1_000_000
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[dict]:
-    """A moto S3 server; yields the fsspec storage options that reach it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    client = boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing",
-                          endpoint_url=options["endpoint_url"], region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    try:
-        yield {"options": options, "client": client}
-    finally:
-        server.stop()
+    """A moto S3 server with the bucket; yields the fsspec storage options that reach it and a boto3 client."""
+    with moto_s3(BUCKET) as server:
+        yield {"options": server.storage_options, "client": server.client}
 
 
 @pytest.fixture(scope="module")
