@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Label Studio ML backend for YOLO and Segment Anything")
     parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("PORT", 9090)), help="server port (default 9090)")
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="server host (default 0.0.0.0)")
-    parser.add_argument("--kwargs", "--with", dest="kwargs", metavar="KEY=VALUE", nargs="+", default=[],
+    parser.add_argument("--kwargs", "--with", dest="kwargs", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                         help="settings, e.g. --with model_score_threshold=0.3 device=cpu (see README)")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)

@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None,
                         help="YOLO model: a .pt file, or a name in MODEL_ROOT (default: the settings' YOLO_SEG_MODEL)")
     parser.add_argument("--config", type=Path, default=None, help="TOML file of backend settings (key = value)")
-    parser.add_argument("--with", dest="overrides", metavar="KEY=VALUE", nargs="+", default=[],
+    parser.add_argument("--with", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                         help="backend settings, e.g. --with model_score_threshold=0.3 device=cpu")
     parser.add_argument("--shape", choices=list(SHAPE_TAGS), default=None,
                         help="boxes, polygons or masks (RLE); default: polygons for segmentation models and --sam, else boxes")

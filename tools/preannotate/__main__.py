@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="legacy API token or personal access token (default: LABEL_STUDIO_API_KEY)")
     parser.add_argument("--project", type=int, required=True, help="project id")
     parser.add_argument("--config", type=Path, default=None, help="TOML file of backend settings (key = value)")
-    parser.add_argument("--with", dest="overrides", metavar="KEY=VALUE", nargs="+", default=[],
+    parser.add_argument("--with", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                         help="backend settings, e.g. --with yolo_det_model=demo-shapes-det.pt device=cuda:0")
     parser.add_argument("--batch", type=int, default=0,
                         help="tasks per prediction call and per bulk import (default: BATCH_SIZE; x4 on GPU actors)")
