@@ -3,6 +3,7 @@ and annotated with the demo configs' labels (label_configs/demo-shapes-{classify
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -84,3 +85,31 @@ def annotated_tasks(task: str, seeds: range, url_of) -> tuple[dict[str, bytes], 
                       "annotations": [{"id": 20000 + number, "result": results, "was_cancelled": False,
                                        "created_at": "2026-11-28T00:00:00Z"}], "predictions": []})
     return files, tasks
+
+
+# Labels the demo models do not know: before training the served model answers none (it scores 0), after it
+# the project's model answers these.
+RENAMES = {"classify": {"Circle": "Round", "Square": "Boxy", "Triangle": "Pointy"},
+           "pose": {"triangle": "wedge", "square": "box"}, "obb": {"rectangle": "bar", "ellipse": "oval"}}
+
+
+def renamed_config(task: str) -> str:
+    """The demo config of `task` with the RENAMES labels (still with the demo model as model_path)."""
+    config = CONFIGS[task]
+    if task == "classify":  # without predicted_values the demo model's classes name no Choice
+        config = re.sub(r' predicted_values="[^"]*"', "", config)
+    for old, new in RENAMES[task].items():
+        config = config.replace(f'"{old}"', f'"{new}"')
+    return config
+
+
+def renamed_results(task: str, results: list[dict]) -> list[dict]:
+    """Annotation results with the RENAMES labels (choices and boxes; keypoint labels keep their names)."""
+    renamed = []
+    for result in results:
+        value = dict(result["value"])
+        for key in ("choices", "rectanglelabels"):
+            if key in value:
+                value[key] = [RENAMES[task][label] for label in value[key]]
+        renamed.append({**result, "value": value})
+    return renamed

@@ -3,7 +3,6 @@ served afterwards by their project's model; a base model of the wrong task is re
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from backend.training.registry import ProjectModels
 from backend.training.run import JobSpec, _label_mapper, run_job
 from backend.training.tasks import METRICS
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, local_url
-from tests.task_training_data import CONFIGS, annotated_tasks
+from tests.task_training_data import CONFIGS, RENAMES, annotated_tasks, renamed_config, renamed_results
 from tests.training_stand_in import TOKEN, TrainingLabelStudio
 from tools.ls_to_yolo import write_yolo_dataset
 from tools.shapes_tasks import generate_classify_image, generate_obb_image, generate_pose_image
@@ -33,20 +32,6 @@ HELD_OUT_SEED = 94_000
 TINY = {"train_epochs": 2, "train_imgsz": 64, "train_batch": 8, "train_min_images": 10, "device": "cpu"}
 TASK_MODELS = ("demo-shapes-cls.pt", "demo-shapes-pose.pt", "demo-shapes-obb.pt", DEMO_DET, DEMO_SEG)
 PICTURES = {"classify": generate_classify_image, "pose": generate_pose_image, "obb": generate_obb_image}
-# Labels the demo models do not know, so the served model before training scores 0 and the trained one is promoted.
-RENAMES = {"classify": {"Circle": "Round", "Square": "Boxy", "Triangle": "Pointy"},
-           "pose": {"triangle": "wedge", "square": "box"}, "obb": {"rectangle": "bar", "ellipse": "oval"}}
-
-
-def renamed_config(task: str) -> str:
-    config = CONFIGS[task]
-    if task == "classify":  # without predicted_values the demo model's classes name no Choice
-        config = re.sub(r' predicted_values="[^"]*"', "", config)
-    for old, new in RENAMES[task].items():
-        config = config.replace(f'"{old}"', f'"{new}"')
-    return config
-
-
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("task-training") / "models"
@@ -75,10 +60,7 @@ def stand_in(task: str, project: int, config: str) -> TrainingLabelStudio:
     ls = TrainingLabelStudio(project, [], label_config=config)
     ls.files, ls.tasks = annotated_tasks(task, TRAIN_SEEDS, lambda name: f"/data/upload/{project}/{name}")
     for task_dict in ls.tasks:
-        for result in task_dict["annotations"][0]["result"]:
-            for key in ("choices", "rectanglelabels"):
-                if key in result["value"]:
-                    result["value"][key] = [RENAMES[task][label] for label in result["value"][key]]
+        task_dict["annotations"][0]["result"] = renamed_results(task, task_dict["annotations"][0]["result"])
     return ls
 
 
@@ -134,7 +116,7 @@ def test_a_base_model_of_the_wrong_task_is_refused_in_one_sentence(model_root: P
     assert state["state"] == "refused"
     assert state["message"] == (f"the labeling config trains a YOLO classify model but its base model {DEMO_DET} is "
                                 "a detect model: set the control's model_path to a classify model")
-    assert ls.requests["/api/projects/34/export"] == 1 and not any(re.match(r"/data/upload", p) for p in ls.requests)
+    assert ls.requests["/api/projects/34/export"] == 1 and not any(p.startswith("/data/upload") for p in ls.requests)
     assert ProjectModels(model_root, 34).versions() == []
 
 
@@ -154,3 +136,39 @@ def test_a_model_of_the_configs_labels_is_scored_on_what_it_serves(task: str, mo
     score = trainer.score(MODELS_DIR / model, tmp_path / "data" / "data.yaml", task,
                           _label_mapper(config, task, tuple(summary.categories)), tmp_path / "work", options)
     assert score.map50_95 >= floor, score
+
+
+def test_classify_head_rows_start_from_the_base_class_serving_each_choice() -> None:
+    from torch import nn
+
+    from backend.training.heads import align_classify_head, aligned_rows
+
+    base_names = {0: "circle", 1: "square", 2: "triangle"}
+    by_class = {"circle": "Round", "triangle": "Pointy"}  # no Choice for "square"
+    sources = aligned_rows(base_names, ["Boxy", "Pointy", "Round"], by_class.get)
+    assert sources == [None, 2, 0]
+    base, head = nn.Linear(8, 3), nn.Linear(8, 3)
+    before = head.weight.detach().clone()
+    align_classify_head(head, base, sources)
+    assert head.weight[1].tolist() == base.weight[2].tolist() and head.bias[2].item() == base.bias[0].item()
+    assert head.weight[0].tolist() not in (before[0].tolist(), *base.weight.tolist())  # re-initialised
+
+
+def test_tools_train_follows_the_models_task(tmp_path: Path) -> None:
+    """`python -m tools.train` on a classification export and model: a classify dataset, top-1 scores, a card."""
+    import json
+
+    from tools import train as train_tool
+
+    files, tasks = annotated_tasks("classify", range(98_000, 98_012), lambda name: str(tmp_path / name))
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    (tmp_path / "config.xml").write_text(CONFIGS["classify"])
+    assert train_tool.main(["--json_file_path", str(tmp_path / "export.json"), "--model", str(MODELS_DIR / "demo-shapes-cls.pt"),
+                            "--out_dir", str(tmp_path / "run"), "--label_config", str(tmp_path / "config.xml"),
+                            "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu", "--threads", "2"]) == 0
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["task"] == "classify" and card["classes"] == ["Circle", "Square", "Triangle"] and card["images"] == 12
+    assert 0.0 <= card["map_new"] <= 1.0 and card["map_previous"] >= 0.5  # the demo model, through predicted_values
+    assert sorted(p.name for p in (tmp_path / "run" / "dataset" / "train").iterdir()) == ["Circle", "Square", "Triangle"]

@@ -6,7 +6,8 @@
 The same pipeline the backend runs on "Start Training": the dataset is written by tools.ls_to_yolo
 (latest non-cancelled annotation per task, seeded train/val split) into OUT/dataset, the model is
 fine-tuned from --model (its head is rebuilt for the export's labels, which become the model's class
-names), then it and --model are scored on the val split (mAP50-95; masks for a segmentation model). Writes
+names), then it and --model are scored on the val split (mAP50-95; masks for a segmentation model, keypoints
+for pose, rotated boxes for OBB; top-1 accuracy for classification: the dataset follows --model's task). Writes
 OUT/model.pt and OUT/card.json. To serve it, copy model.pt into MODEL_ROOT and name it in `model_path`.
 """
 
@@ -68,7 +69,7 @@ def train_from_export(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"--model '{args.model}' does not exist (offline, Ultralytics cannot download it)")
     if args.epochs < 1 or args.batch < 1 or args.imgsz < 32 or args.imgsz % 32:
         raise ValueError("--epochs and --batch must be at least 1, --imgsz a multiple of 32")
-    task = "segment" if _is_segmentation(base) else "detect"
+    task = _model_task(base)  # detect, segment, classify, pose (needs --label_config) or obb
     dataset_dir = args.out_dir / "dataset"
     convert = ConvertOptions(json_file_path=args.json_file_path, out_dir=dataset_dir,
                              classes=tuple(parse_class_list(args.classes)), label_config=args.label_config,
@@ -86,7 +87,7 @@ def train_from_export(args: argparse.Namespace) -> dict:
     work = args.out_dir / "work"
     data_yaml = dataset_dir / "data.yaml"
     weights = trainer.train(base, data_yaml, work, options,
-                            lambda epoch, epochs: print(f"epoch {epoch} of {epochs}", file=sys.stderr))
+                            lambda epoch, epochs: print(f"epoch {epoch} of {epochs}", file=sys.stderr), task)
     classes = summary.categories
     new = trainer.score(weights, data_yaml, task, lambda name: name if name in classes else None, work, options)
     by_lower = {name.lower(): name for name in classes}
@@ -102,10 +103,10 @@ def train_from_export(args: argparse.Namespace) -> dict:
     return card
 
 
-def _is_segmentation(weights: Path) -> bool:
+def _model_task(weights: Path) -> str:
     from ultralytics import YOLO
 
-    return YOLO(str(weights)).task == "segment"
+    return str(YOLO(str(weights)).task)
 
 
 if __name__ == "__main__":

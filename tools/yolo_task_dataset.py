@@ -36,7 +36,7 @@ class TaskPlan:
     classes: tuple[str, ...]  # fixed classes; empty: as first seen (classify, obb without a config)
     from_names: tuple[str, ...] = ()
     schema: PoseSchema | None = None
-    _raw: dict = field(default_factory=dict)  # task key -> its chosen results (classify, pose)
+    _raw: dict = field(default_factory=dict, init=False, repr=False)  # the current task key -> its chosen results
 
     def category_names(self) -> list[str]:
         return list(self.classes)

@@ -121,9 +121,9 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
         logger.info("training project %d: epoch %d of %d", spec.project, epoch, epochs)
         board.progress(spec.project, spec.job_id, "training", epoch=epoch, epochs=epochs)
 
-    weights = trainer.train(served, data.yaml_path, work, options, on_epoch, data.task)
-    board.progress(spec.project, spec.job_id, "validating")
     label_of = _label_mapper(config, data.task, data.classes)
+    weights = trainer.train(served, data.yaml_path, work, options, on_epoch, data.task, label_of)
+    board.progress(spec.project, spec.job_id, "validating")
     new = trainer.score(weights, data.yaml_path, data.task, lambda name: name if name in data.classes else None,
                         work, options)
     previous = trainer.score(served, data.yaml_path, data.task, label_of, work, options)

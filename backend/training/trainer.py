@@ -59,10 +59,12 @@ def ultralytics_device(device: str) -> str:
 
 
 def train(base_weights: Path, data_yaml: Path, work_dir: Path, options: TrainOptions,
-          on_epoch: Callable[[int, int], None], task: str = "detect") -> Path:
+          on_epoch: Callable[[int, int], None], task: str = "detect",
+          label_of: Callable[[str], str | None] | None = None) -> Path:
     """Fine-tune `base_weights` on the dataset; returns the best weights file. The model's class names
     are the dataset's (Ultralytics replaces the head when the classes differ). A classification dataset
-    is given as its folder (train/<class>/, val/<class>/), the others as their data.yaml."""
+    is given as its folder (train/<class>/, val/<class>/), the others as their data.yaml; its head starts
+    lined up with the dataset's classes through `label_of` (backend/training/heads.py)."""
     import torch
     from ultralytics import YOLO
 
@@ -76,6 +78,10 @@ def train(base_weights: Path, data_yaml: Path, work_dir: Path, options: TrainOpt
 
     model.add_callback("on_train_start", keep_threads)
     model.add_callback("on_train_epoch_end", epoch_end)
+    if task == "classify" and label_of is not None:
+        from backend.training.heads import classify_head_callback
+
+        model.add_callback("on_pretrain_routine_end", classify_head_callback(str(base_weights), label_of))
     try:
         model.train(data=str(data_yaml.parent if task == "classify" else data_yaml), epochs=options.epochs, imgsz=options.imgsz, batch=options.batch,
                     device=ultralytics_device(options.device), workers=0, project=str(work_dir), name="run",
