@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     current = models.promoted()
     for card in models.cards():
         marker = "*" if current and card.get("version") == current.version else " "
-        print(f"{marker} v{card.get('version')}  {card.get('status', '?'):9}  mAP50-95 new {card.get('map_new')} "
+        print(f"{marker} v{card.get('version')}  {card.get('status', '?'):9}  {card.get('metric', 'mAP50-95')} new {card.get('map_new')} "
               f"previous {card.get('map_previous')}  images {card.get('images')}  {card.get('finished_at', '')}")
     if current is None:
         print(f"project {args.project}: no promoted version (the configured models serve it)")
