@@ -15,10 +15,10 @@ an OBB model a RectangleLabels with `model_obb="true"`; a classification model a
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from backend.controls.tasks import task_mismatch
 from backend.label_config import Control, LabelConfig
 from backend.models.cache import ModelPathError
 from backend.models.yolo_tasks import TaskYoloModel
@@ -108,21 +108,23 @@ def model_label_config(services, settings: Settings, shape: str | None) -> str: 
 class TaskOutputs:
     """The keypoints and classification files of one run, fed one predicted task at a time."""
 
-    def __init__(self, config: LabelConfig, services, settings, work_dir: Path, named_by_config: bool) -> None:  # noqa: ANN001
+    def __init__(self, config: LabelConfig, services, settings: Settings, work_dir: Path,  # noqa: ANN001 - backend Services
+                 named_by_config: bool) -> None:
         controls = config.prediction_controls
         keypoint_controls = [c for c in controls if c.tag == "KeyPointLabels"]
         self._keypoints: KeypointDecoder | None = None
         if keypoint_controls:
             names: dict[str, tuple[str, ...]] = {}
             for control in keypoint_controls:
-                for class_name, keypoints in _keypoint_names(control, _pose_model(control, services, settings)).items():
+                model = services.yolo.get(model_choice(control, settings))  # a pose model: annotate checked the plan
+                for class_name, keypoints in _keypoint_names(control, model).items():
                     names.setdefault(class_name, keypoints)
             categories = pose_categories(names, keypoint_controls if named_by_config else ())
             self._keypoints = KeypointDecoder(categories, keypoint_controls)
             self._keypoint_categories = coco_keypoint_categories(categories)
             self._keypoint_coco = CocoWriter(work_dir / "keypoints")
         self._classes = ClassLabelsWriter(controls, work_dir) if any(c.tag in CLASS_TAGS for c in controls) else None
-        self.counts: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()  # converted outputs by kind, for the run's summary
 
     def add(self, task: dict, file_name: str, size: tuple[int, int]) -> dict:
         """Record the task's keypoints and classes; the task with only the regions COCO instances take."""
@@ -133,9 +135,9 @@ class TaskOutputs:
             self._keypoint_coco.add_image({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
             for annotation in self._keypoints.annotations(regions, image_id, self._keypoint_coco.n_annotations + 1):
                 self._keypoint_coco.add_annotation(annotation)
-                self.counts["keypoint object"] = self.counts.get("keypoint object", 0) + 1
+                self.counts["keypoint object"] += 1
         if self._classes is not None:
-            self.counts["image class"] = self.counts.get("image class", 0) + self._classes.add(file_name, *size, regions)
+            self.counts["image class"] += self._classes.add(file_name, *size, regions)
         instances = [r for r in regions if r.get("type") in INSTANCE_TYPES]
         return {**task, "predictions": [{**prediction, "result": instances}]}
 
@@ -147,14 +149,6 @@ class TaskOutputs:
         if self._classes is not None:
             written += self._classes.write(annotations_dir, info)
         return written
-
-
-def _pose_model(control: Control, services, settings) -> TaskYoloModel:  # noqa: ANN001 - backend Services, Settings
-    choice = model_choice(control, settings)
-    model = services.yolo.get(choice)
-    if model.task != "pose":
-        raise PredictionConfigError(task_mismatch(control, model.task, choice.setting, choice.path_value))
-    return model
 
 
 def _keypoint_names(control: Control, model: TaskYoloModel) -> dict[str, tuple[str, ...]]:

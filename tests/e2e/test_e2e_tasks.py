@@ -109,11 +109,13 @@ def test_pose_keypoints_stored_by_label_studio(label_studio: LabelStudio, yolo_b
     assert total > 0
 
 
+@pytest.mark.parametrize("config_file, kind", [("demo-shapes-classify.xml", "choices"), ("demo-shapes-taxonomy.xml", "taxonomy")])
 def test_classification_choices_stored_by_label_studio(label_studio: LabelStudio, yolo_backend: Backend,
-                                                       legacy_tokens: None) -> None:
-    images = {f"cls-{seed}.png": generate_classify_image(seed)[0] for seed in SEEDS}
-    config = (CONFIGS / "demo-shapes-classify.xml").read_text()
-    stored = retrieved(label_studio, yolo_backend, "e2e classify", config, {n: png(i) for n, i in images.items()}, "image/png")
+                                                       legacy_tokens: None, config_file: str, kind: str) -> None:
+    images = {f"{kind}-{seed}.png": generate_classify_image(seed)[0] for seed in SEEDS}
+    config = (CONFIGS / config_file).read_text()
+    stored = retrieved(label_studio, yolo_backend, f"e2e {kind}", config, {n: png(i) for n, i in images.items()}, "image/png")
+    taxonomy = {"circle": ["Round", "Circle"], "square": ["Polygon", "Square"], "triangle": ["Polygon", "Triangle"]}
     for name, image in images.items():
         found = own_output("demo-shapes-cls.pt", image)
         top = int(np.argmax(found.probs))
@@ -122,7 +124,9 @@ def test_classification_choices_stored_by_label_studio(label_studio: LabelStudio
             assert regions == []
             continue
         (region,) = regions
-        assert region["value"]["choices"] == [found.class_names[top].capitalize()]
+        top_name = found.class_names[top]
+        assert region["type"] == kind
+        assert region["value"][kind] == [top_name.capitalize() if kind == "choices" else taxonomy[top_name]]
         assert region["score"] == pytest.approx(float(found.probs[top]), abs=1e-4)
 
 
