@@ -1,18 +1,18 @@
-"""Train the small demo models on synthetic shapes, on CPU, in minutes, and measure them on held-out images.
+"""Train the small demo models on synthetic shapes, on CPU, and measure them on held-out images.
 
-    python -m tools.make_demo_models [--out models] [--only det seg sam]
+    python -m tools.make_demo_models [--out models] [--only seg det sam]
 
-Writes `demo-shapes-det.pt` (YOLOv8n detection, from scratch: architecture yaml, no downloaded weights,
-seeded) and `demo-shapes-seg.pt` (YOLOv8n segmentation, started from the detector's weights), trained on
-the shapes of `tools.shapes_dataset`: `generate_image` pictures like the ones the tests and the demo use, plus as
-many `generate_varied_image` pictures (any size and aspect ratio, light, gradient and blotchy
-backgrounds, tiny to large shapes, noise, blur). Then it measures each model on held-out images,
-never trained or validated on, and prints the figures and writes them to `demo-shapes-metrics.json`
-beside the weights: box and mask mAP50 (Ultralytics' validator; masks both at the 1/4 resolution
-Ultralytics validates by default and at full resolution, as the backend returns them) and, at the
-backend's default score threshold 0.5, the recall of each class. Also writes the tiny SAM of
+Writes `demo-shapes-seg.pt` (YOLOv8n segmentation, from scratch: architecture yaml, no downloaded weights,
+seeded) and `demo-shapes-det.pt` (YOLOv8n detection, started from the segmentation model's backbone, neck
+and box head, then tuned on boxes), both trained on `generate_image` pictures of `tools.shapes_dataset`,
+the kind the tests and the demo use. Then it measures each model on held-out images, never trained or
+validated on, and prints the figures and writes them to `demo-shapes-metrics.json` beside the weights:
+box and mask mAP50 (Ultralytics' validator; masks both at the 1/4 resolution Ultralytics validates by
+default and at full resolution, as the backend returns them) and, at the backend's default score
+threshold 0.5, the recall of each class; also the same figures on `generate_varied_image` pictures
+(other sizes, backgrounds and shape sizes the models were not trained for). Also writes the tiny SAM of
 `tools.tiny_sam` (`--only sam`). The repository commits the results so tests and the offline demo
-need no download; rerun this to reproduce them.
+need no download; rerun this to reproduce them (the default recipe: about 50 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from tools.shapes_dataset import (CLASS_NAMES, generate_image, generate_varied_i
 
 DEFAULT_OUT = Path("models")
 METRICS_FILE = "demo-shapes-metrics.json"
-YOLO_RECIPES = {
-    "det": ("yolov8n.yaml", "demo-shapes-det.pt"),
+YOLO_RECIPES = {  # in training order: detection starts from the segmentation model
     "seg": ("yolov8n-seg.yaml", "demo-shapes-seg.pt"),
+    "det": ("yolov8n.yaml", "demo-shapes-det.pt"),
 }
 # Training and validation seeds start at 0 and stay far below these; tests/conftest.py uses 5000..5011.
 HELD_OUT_SEEDS = range(5000, 5200)
@@ -43,11 +43,12 @@ MATCH_IOU = 0.5
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 30  # detection from scratch on both kinds of pictures
-    det_tune_epochs: int = 10  # then detection on generate_image pictures only
-    seg_epochs: int = 12  # segmentation, from the final detector's weights, on generate_image pictures only
-    images: int = 400  # generate_image training pictures; as many varied ones in the first stage
-    val_images: int = 60  # of each kind, to pick the best epoch
+    seg_epochs: int = 40  # segmentation from scratch
+    seg_tune_epochs: int = 10  # then segmentation again from those weights, without mosaic, at a fresh low rate
+    det_epochs: int = 10  # detection, from the segmentation model's weights (the last half without mosaic)
+    close_mosaic: int = 10  # last epochs of the first segmentation stage without mosaic
+    images: int = 1000  # generate_image training pictures
+    val_images: int = 100  # to pick the best epoch
     imgsz: int = 160
     seed: int = 0
 
@@ -67,21 +68,22 @@ def train_stage(architecture: str, start: Path | None, data_yaml: Path, epochs: 
     return workdir / name / "weights" / "best.pt"
 
 
-def train_yolo(kind: str, datasets: dict[str, Path], out_dir: Path, workdir: Path, recipe: Recipe) -> Path:
-    """Detection learns from scratch on both kinds of pictures, then is tuned on the demo's kind; segmentation
-    starts from the detector (backbone, neck and box head: every layer the architectures share) and learns
-    its masks on the demo's kind, so it needs few CPU epochs."""
+def train_yolo(kind: str, data_yaml: Path, out_dir: Path, workdir: Path, recipe: Recipe) -> Path:
+    """Segmentation learns from scratch (its box head learns boxes too), then again from those weights without
+    mosaic at a fresh low rate; detection starts from the segmentation model (backbone, neck and box head: every
+    layer the architectures share), so it needs few CPU epochs."""
     architecture, file_name = YOLO_RECIPES[kind]
-    if kind == "det":
-        broad = train_stage(architecture, None, datasets["mixed"], recipe.epochs, 10, recipe, workdir, "det")
-        best = train_stage(architecture, broad, datasets["shapes"], recipe.det_tune_epochs,
-                           recipe.det_tune_epochs // 2, recipe, workdir, "det-tune")
+    if kind == "seg":
+        first = train_stage(architecture, None, data_yaml, recipe.seg_epochs, recipe.close_mosaic, recipe, workdir,
+                            "seg")
+        best = train_stage(architecture, first, data_yaml, recipe.seg_tune_epochs, recipe.seg_tune_epochs, recipe,
+                           workdir, "seg-tune")
     else:
-        detector = out_dir / YOLO_RECIPES["det"][1]
-        if not detector.is_file():
-            raise SystemExit(f"{detector} is missing: the segmentation model starts from it (--only det seg)")
-        best = train_stage(architecture, detector, datasets["shapes"], recipe.seg_epochs, recipe.seg_epochs // 2,
-                           recipe, workdir, "seg")
+        segmenter = out_dir / YOLO_RECIPES["seg"][1]
+        if not segmenter.is_file():
+            raise SystemExit(f"{segmenter} is missing: the detection model starts from it (--only seg det)")
+        best = train_stage(architecture, segmenter, data_yaml, recipe.det_epochs, recipe.det_epochs // 2, recipe,
+                           workdir, "det")
     target = out_dir / file_name
     shutil.copyfile(best, target)
     return target
@@ -150,35 +152,34 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Recipe()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the weights (default: models)")
-    parser.add_argument("--only", nargs="+", choices=["det", "seg", "sam"], default=["det", "seg", "sam"])
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="detection epochs, both kinds")
-    parser.add_argument("--det_tune_epochs", type=int, default=defaults.det_tune_epochs,
-                        help="detection epochs on generate_image pictures only")
-    parser.add_argument("--seg_epochs", type=int, default=defaults.seg_epochs, help="segmentation epochs")
+    parser.add_argument("--only", nargs="+", choices=["seg", "det", "sam"], default=["seg", "det", "sam"],
+                        help="det alone starts from the segmentation model already in --out")
+    parser.add_argument("--seg_epochs", type=int, default=defaults.seg_epochs, help="segmentation epochs from scratch")
+    parser.add_argument("--seg_tune_epochs", type=int, default=defaults.seg_tune_epochs,
+                        help="segmentation epochs from the first stage, without mosaic")
+    parser.add_argument("--det_epochs", type=int, default=defaults.det_epochs,
+                        help="detection epochs, from the segmentation model")
+    parser.add_argument("--close_mosaic", type=int, default=defaults.close_mosaic,
+                        help="last epochs of the first stage without mosaic augmentation")
     parser.add_argument("--images", type=int, default=defaults.images,
-                        help=f"training images of each kind (default {defaults.images}; "
-                             f"plus {defaults.val_images} of each to pick the best epoch)")
+                        help=f"training images (default {defaults.images}; "
+                             f"plus {defaults.val_images} to pick the best epoch)")
     parser.add_argument("--imgsz", type=int, default=defaults.imgsz)
     args = parser.parse_args(argv)
-    recipe = Recipe(epochs=args.epochs, det_tune_epochs=args.det_tune_epochs, seg_epochs=args.seg_epochs,
-                    images=args.images, imgsz=args.imgsz)
+    recipe = Recipe(seg_epochs=args.seg_epochs, seg_tune_epochs=args.seg_tune_epochs, det_epochs=args.det_epochs,
+                    close_mosaic=args.close_mosaic, images=args.images, imgsz=args.imgsz)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="demo-shapes-") as tmp:
         workdir = Path(tmp)
-        yolo_kinds = [k for k in args.only if k in YOLO_RECIPES]
+        yolo_kinds = [k for k in YOLO_RECIPES if k in args.only]
         if yolo_kinds:
-            datasets = {
-                "mixed": write_yolo_dataset(workdir / "data", n_train=recipe.images, n_val=recipe.val_images,
-                                            seed=recipe.seed, n_varied_train=recipe.images,
-                                            n_varied_val=recipe.val_images),
-                "shapes": write_yolo_dataset(workdir / "data-shapes", n_train=recipe.images, n_val=recipe.val_images,
-                                             seed=recipe.seed),
-            }
+            data_yaml = write_yolo_dataset(workdir / "data", n_train=recipe.images, n_val=recipe.val_images,
+                                           seed=recipe.seed)
             held_out = write_held_out(workdir / "held-out")
             metrics_path = args.out / METRICS_FILE
             report = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
             for kind in yolo_kinds:
-                weights = train_yolo(kind, datasets, args.out, workdir / "runs", recipe)
+                weights = train_yolo(kind, data_yaml, args.out, workdir / "runs", recipe)
                 held_out_metrics = evaluate(weights, held_out, recipe.imgsz, workdir / "eval")
                 report[weights.name] = {"recipe": asdict(recipe), "held_out_seeds": [HELD_OUT_SEEDS.start,
                                         HELD_OUT_SEEDS.stop - 1], "held_out": held_out_metrics}

@@ -1,6 +1,6 @@
 """Train the tiny pose, OBB and classification demo models on synthetic shapes, on CPU, in minutes.
 
-    python -m tools.make_task_demo_models [--out models] [--only pose obb cls] [--minutes 6]
+    python -m tools.make_task_demo_models [--out models] [--only pose obb cls] [--minutes 6 | --epochs N]
 
 Writes `demo-shapes-pose.pt` (YOLOv8n-pose: triangle and square corners as keypoints),
 `demo-shapes-obb.pt` (YOLOv8n-obb: rotated rectangles and ellipses) and `demo-shapes-cls.pt`
@@ -30,7 +30,7 @@ HELD_OUT_SEED = 50_000  # validation pictures for the stated metrics, never trai
 
 
 def train(kind: str, out_dir: Path, workdir: Path, n_train: int, imgsz: int, minutes: float,
-          start_from: Path | None = None) -> Path:
+          start_from: Path | None = None, epochs: int | None = None) -> Path:
     from ultralytics import YOLO
 
     architecture, file_name, write = RECIPES[kind]
@@ -38,8 +38,10 @@ def train(kind: str, out_dir: Path, workdir: Path, n_train: int, imgsz: int, min
     model = YOLO(architecture)
     if start_from is not None:  # a detector trained on the same shapes: its backbone and neck transfer
         model.load(str(start_from))
-    # `time` (hours) caps the run whatever the epoch count: the CPU is shared.
-    model.train(data=str(data), imgsz=imgsz, epochs=40, time=minutes / 60, batch=16, device="cpu", workers=2,
+    # Without `epochs`, `time` (hours) caps the run whatever the epoch count: the CPU is shared. A fixed epoch
+    # count gives the same run on any machine (the time cap stretches the schedule to the machine's speed).
+    schedule = {"epochs": epochs} if epochs else {"epochs": 40, "time": minutes / 60}
+    model.train(data=str(data), imgsz=imgsz, **schedule, batch=16, device="cpu", workers=2,
                 seed=0, deterministic=True, plots=False, amp=False, project=str(workdir / "runs"), name=kind,
                 exist_ok=True, verbose=False, fliplr=0.0 if kind == "pose" else 0.5)
     target = out_dir / file_name
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=400, help="training pictures (plus 60 for validation)")
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--minutes", type=float, default=6.0, help="training time per model")
+    parser.add_argument("--epochs", type=int, help="train exactly this many epochs instead of --minutes")
     parser.add_argument("--measure_only", action="store_true", help="measure the weights in --out, train nothing")
     parser.add_argument("--start_from", type=Path, default=Path("models/demo-shapes-det.pt"),
                         help="weights whose matching layers start the training (the demo detector); 'none': from scratch")
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.only:
             weights = (args.out / RECIPES[kind][1] if args.measure_only
                        else train(kind, args.out, Path(tmp), args.images, args.imgsz, args.minutes,
-                                  None if str(args.start_from) == "none" else args.start_from))
+                                  None if str(args.start_from) == "none" else args.start_from, args.epochs))
             metrics[weights.name] = measure(kind, weights, Path(tmp), args.imgsz)
             metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             print(f"wrote {weights}: {metrics[weights.name]}")
