@@ -111,7 +111,13 @@ class BatchPredictor:
         plan: dict[YoloModel, list[Control]] = {}
         for control in config.prediction_controls:
             choice = model_choice(control, self._settings, project)
-            model = self._models.get(choice)
+            try:
+                model = self._models.get(choice)
+            except ModelPathError as exc:
+                named = f"<{control.tag} name=\"{control.name}\">"
+                if named in str(exc):  # model_path on the control already names it
+                    raise
+                raise ModelPathError(f"{named}: {exc}") from exc
             mismatch = task_mismatch(control, model.task, choice.setting, choice.path_value)
             if mismatch is not None:
                 raise PredictionConfigError(mismatch)

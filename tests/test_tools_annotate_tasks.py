@@ -154,7 +154,8 @@ def test_config_control_with_a_model_of_another_task_names_both(folders: dict[st
      "--shape is for detection and segmentation models; 'demo-shapes-pose.pt' is a YOLO pose model"),
     (["--label_config", "no-such-config.xml"], "cannot read --label_config 'no-such-config.xml'"),
     (["--label_config", "label_configs/demo-shapes.xml", "--model", "models/demo-shapes-cls.pt"],
-     "YOLO_DET_MODEL: 'demo-shapes-cls.pt' is a YOLO 'classify' model; detection or segmentation models are supported"),
+     "<RectangleLabels name=\"rect\">: YOLO_DET_MODEL: 'demo-shapes-cls.pt' is a YOLO 'classify' model; "
+     "detection or segmentation models are supported"),
 ])
 def test_bad_options_exit_non_zero_with_a_message(folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   arguments: list[str], message: str) -> None:
