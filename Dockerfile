@@ -27,6 +27,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY formats ./formats
 COPY backend ./backend
 COPY tools ./tools
 RUN pip install .

@@ -128,7 +128,7 @@ class Settings:
             raise SettingsError(f"MODEL_NAME must be sam, sam2, sam2.1, mobile_sam or sam_hq, not '{self.model_name}'")
         _validate_training(self)
         try:
-            from backend.url_policy import AllowList
+            from backend.sources.url_policy import AllowList
 
             AllowList.parse(self.allowed_url_hosts)
         except ValueError as exc:
@@ -136,7 +136,7 @@ class Settings:
         if self.storage_read not in {"presign", "direct"}:
             raise SettingsError(f"STORAGE_READ must be presign or direct, not '{self.storage_read}'")
         try:
-            from backend.object_storage import parse_storage_options
+            from backend.sources.object_storage import parse_storage_options
 
             parse_storage_options(self.storage_options)
         except ValueError as exc:

@@ -40,7 +40,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import uvicorn  # noqa: E402
 
-from backend.app import build_services, create_app  # noqa: E402
+from backend.serving.app import build_services, create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from tools.crowded_shapes import crowded_image  # noqa: E402
 from tools.shapes_dataset import generate_image  # noqa: E402

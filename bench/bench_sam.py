@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.geometry import mask_to_ls_rle
-from backend.images import ImageFetcher
-from backend.interactive import InteractivePredictor
-from backend.label_config import parse_label_config
-from backend.label_studio import AccessTokens
+from formats.geometry import mask_to_ls_rle
+from backend.sources.images import ImageFetcher
+from backend.interactive.sam import InteractivePredictor
+from formats.label_config import parse_label_config
+from backend.sources.label_studio import AccessTokens
 from backend.models.sam import SamModel, SamSegmenter, mobile_sam_network
 from backend.models.sam2 import Sam2Model
 from backend.models.sam_embeddings import MemoryEmbeddings

@@ -27,13 +27,13 @@ import cv2
 import numpy as np
 import torch
 
-from backend.images import ImageFetcher
-from backend.label_config import parse_label_config
-from backend.label_studio import AccessTokens
+from backend.sources.images import ImageFetcher
+from formats.label_config import parse_label_config
+from backend.sources.label_studio import AccessTokens
 from backend.models.sam import load_sam
 from backend.models.sam2_video import FrameFeatures, Sam2VideoTracker
 from backend.settings import Settings
-from backend.video_interactive import VideoInteractive
+from backend.interactive.video import VideoInteractive
 from tools.shapes_tasks import write_video
 
 SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
-from backend.label_studio import Credentials
+from backend.serving.app import build_services, create_app
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings
 from backend.training.jobs import FINISHED
 from backend.training.service import TrainingService

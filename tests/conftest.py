@@ -11,7 +11,7 @@ import cv2
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
+from backend.serving.app import build_services, create_app
 from backend.settings import Settings
 from tools.shapes_dataset import generate_image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from backend.geometry import yolo_obb_to_ls_rect
+from formats.geometry import yolo_obb_to_ls_rect
 from tools.shapes_dataset import CLASS_NAMES
 from tools.shapes_tasks import OBB_CLASSES, POSE_CLASSES, generate_classify_image, generate_obb_image, generate_pose_image
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from backend import _wsgi
+from backend.serving import cli as _wsgi
 from tools import annotate_dir
 from tools.preannotate import __main__ as preannotate
 

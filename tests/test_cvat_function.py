@@ -23,8 +23,8 @@ from cvat_cli._internal.agent_driver_detection import AgentDetectionFunctionDriv
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.app import build_services, create_app
-from backend.geometry import ls_rect_corners, ls_rect_to_box, ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
+from backend.serving.app import build_services, create_app
+from formats.geometry import ls_rect_corners, ls_rect_to_box, ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT, SHAPES_SEEDS, demo_settings, local_url
 from tests.fake_cvat import FakeCvat, FakeTask
 from tools.annotate_dir import label_config_xml

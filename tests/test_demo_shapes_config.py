@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
-from backend.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
-from backend.label_config import parse_label_config
+from backend.serving.app import build_services, create_app
+from formats.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from formats.label_config import parse_label_config
 from backend.settings import Settings
 from tests.conftest import MODELS_DIR, REPO_ROOT, SHAPES_SEEDS, demo_settings, local_url
 from tools.shapes_dataset import CLASS_NAMES, ShapeInstance, generate_image

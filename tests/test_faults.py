@@ -24,7 +24,7 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
+from backend.serving.app import build_services, create_app
 from backend.settings import Settings
 from bench.load import demo_settings, start_gunicorn, write_images
 from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT

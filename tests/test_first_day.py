@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
+from backend.serving.app import build_services, create_app
 from tests.conftest import REPO_ROOT, SHAPE_LABELS, config_xml, demo_settings, local_url
 
 CATS_AND_DOGS = config_xml('<RectangleLabels name="pets" toName="image"><Label value="cat"/><Label value="dog"/>'

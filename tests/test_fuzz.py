@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
+from backend.serving.app import build_services, create_app
 from backend.settings import Settings
 from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_DET, DEMO_SEG, MODELS_DIR, SHAPE_LABELS, config_xml
 from tools.shapes_dataset import generate_image

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from backend.geometry import (
+from formats.geometry import (
     box_to_ls_rect,
     coco_rle_area,
     coco_rle_box,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.label_config import LabelConfigError, parse_label_config
+from formats.label_config import LabelConfigError, parse_label_config
 from tests.conftest import config_xml, load_protocol_fixture
 
 

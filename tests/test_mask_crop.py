@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.geometry import mask_to_box, mask_to_ls_rle, mask_to_polygons
-from backend.mask_crop import MaskCrop, MaskCrops
+from formats.geometry import mask_to_box, mask_to_ls_rle, mask_to_polygons
+from formats.mask_crop import MaskCrop, MaskCrops
 
 # (height, width, x0, y0, crop height, crop width): corners, full width, one column short of it, single pixels
 WINDOWS = [(20, 30, 5, 4, 6, 7), (20, 30, 0, 0, 6, 7), (20, 30, 23, 14, 6, 7), (20, 30, 0, 3, 5, 30),

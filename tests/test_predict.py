@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.geometry import ls_rect_to_box
+from formats.geometry import ls_rect_to_box
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, SHAPES_SEEDS, config_xml, local_url
 
 SEEDS = list(SHAPES_SEEDS)[:6]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
+from backend.serving.app import build_services, create_app
 from tests.conftest import ALL_CONTROLS_CONFIG, demo_settings, load_protocol_fixture, local_url, ultralytics_asset
 from tests.fake_label_studio import FakeLabelStudio
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from backend.images import ImageError, ImageFetcher, url_kind
-from backend.label_studio import AccessTokens
-from backend.object_storage import ObjectStorage, StorageError, label_studio_url, object_path, storage_protocol
+from backend.sources.images import ImageError, ImageFetcher, url_kind
+from backend.sources.label_studio import AccessTokens
+from backend.sources.object_storage import ObjectStorage, StorageError, label_studio_url, object_path, storage_protocol
 from backend.settings import Settings, SettingsError
 from tests.conftest import DEMO_SEG, MODELS_DIR, demo_settings, local_url
 from tests.fake_label_studio_api import PROJECT_ID, TOKEN, FakeLabelStudioAPI

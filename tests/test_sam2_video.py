@@ -4,7 +4,7 @@ A random-weight SAM 2.1 Hiera tiny is built by Meta's build_sam2 and saved as Me
 image tests' fixture); the reference is Meta's own `build_sam2_video_predictor` + `init_state` on a
 folder holding the same decoded frames (PNG data under the .jpg names Meta's loader lists, so nothing
 is lost to JPEG), prompted and propagated the same way. The requests are shaped as Label Studio 1.23.2 sends a VideoRectangle with
-Auto-Annotation on (see backend/video_prompts.py).
+Auto-Annotation on (see backend/interactive/video_prompts.py).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import create_app
-from backend.controls.video import label_studio_frame
-from backend.geometry import box_to_ls_rect, mask_to_box
-from backend.label_config import parse_label_config
-from backend.services import Services, build_services
+from backend.serving.app import create_app
+from backend.prediction.video_regions import label_studio_frame
+from formats.geometry import box_to_ls_rect, mask_to_box
+from formats.label_config import parse_label_config
+from backend.serving.services import Services, build_services
 from backend.models.sam2_video import ObjectPrompt, Sam2VideoTracker
 from backend.models.yolo_track import probe_video
-from backend.video_interactive import VideoInteractive, decoded_index
+from backend.interactive.video import VideoInteractive, decoded_index
 from tests.conftest import MODELS_DIR, demo_settings, local_url
 from tests.test_sam_sam2 import sam2_checkpoint  # noqa: F401 - the random-weight SAM 2.1 tiny fixture
 from tools.shapes_tasks import write_video

@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from segment_anything import SamPredictor
 
-from backend._wsgi import check_models
-from backend.app import Services, build_services, create_app
-from backend.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
-from backend.images import ImageFetcher
-from backend.interactive import RecentImages
-from backend.label_studio import AccessTokens
+from backend.serving.cli import check_models
+from backend.serving.app import Services, build_services, create_app
+from formats.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from backend.sources.images import ImageFetcher
+from backend.interactive.sam import RecentImages
+from backend.sources.label_studio import AccessTokens
 from backend.models.sam import SamLoadError
 from backend.models.sam_embeddings import image_key
 from tests.conftest import ALL_CONTROLS_CONFIG, demo_settings, load_protocol_fixture, local_url, ultralytics_asset
@@ -153,7 +153,7 @@ def test_click_outside_the_image_is_clamped(sam_app: SamApp, caplog: pytest.LogC
     pixels = pixels_of("bus.jpg")
     point = np.array([[pixels.shape[1], 0.552 * pixels.shape[0]]])
     masks, scores, _ = predictor_for(sam_app, pixels).predict(point, np.array([1]), multimask_output=True)
-    with caplog.at_level(logging.WARNING, logger="backend.prompts"):
+    with caplog.at_level(logging.WARNING, logger="backend.interactive.prompts"):
         result = sam_app.predict(request)
     assert "outside the 810x1080 image" in caplog.text
     brush = regions_by_type(result)["brushlabels"][0]
@@ -166,7 +166,7 @@ def test_unknown_prompt_types_are_ignored_with_a_warning(sam_app: SamApp, caplog
     ellipse = {"type": "ellipselabels", "from_name": "keypoint", "to_name": "image",
                "value": {"x": 1, "y": 1, "radiusX": 5, "radiusY": 5, "ellipselabels": ["bus"]}}
     request["params"]["context"]["result"].append(ellipse)
-    with caplog.at_level(logging.WARNING, logger="backend.prompts"):
+    with caplog.at_level(logging.WARNING, logger="backend.interactive.prompts"):
         with_ellipse = sam_app.predict(request)
     assert "ignoring an interactive prompt of type 'ellipselabels'" in caplog.text
     assert [r["value"] for r in with_ellipse] == [r["value"] for r in plain]
@@ -176,7 +176,7 @@ def test_unknown_prompt_types_are_ignored_with_a_warning(sam_app: SamApp, caplog
 
 def test_an_unreadable_image_answers_empty(sam_app: SamApp, caplog: pytest.LogCaptureFixture) -> None:
     request = interactive_request("predict-interactive-points.json", "no-such-image.jpg")
-    with caplog.at_level(logging.WARNING, logger="backend.interactive"):
+    with caplog.at_level(logging.WARNING, logger="backend.interactive.sam"):
         assert sam_app.predict(request) == []
     assert "not found under LOCAL_FILES_DOCUMENT_ROOT" in caplog.text
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor, sam_model_registry
 
-from backend.geometry import mask_iou
-from backend.metrics import Metrics
+from formats.geometry import mask_iou
+from backend.serving.metrics import Metrics
 from backend.models.sam import SamModel, SamSegmenter, load_sam
 from backend.models.sam_embeddings import DiskEmbeddings, MemoryEmbeddings, image_key
 from tests.conftest import MODELS_DIR, ultralytics_asset

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from backend.label_config import parse_label_config
-from backend.prompts import read_prompt
+from formats.label_config import parse_label_config
+from backend.interactive.prompts import read_prompt
 from tests.conftest import load_protocol_fixture
 
 CONFIG = parse_label_config(

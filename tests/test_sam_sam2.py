@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.geometry import mask_iou
+from formats.geometry import mask_iou
 from backend.models.sam import SamSegmenter, load_sam, mobile_sam_network
 from backend.models.sam_checkpoints import SamLoadError, resolve_checkpoint
 from backend.models.sam_embeddings import DiskEmbeddings, MemoryEmbeddings, image_key
-from backend.app import build_services
+from backend.serving.app import build_services
 from tests.conftest import demo_settings, ultralytics_asset
 from tests.test_sam_interactive import SamApp, assert_regions_show, interactive_request, pixels_of
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.interactive import segment
+from backend.interactive.sam import segment
 from backend.models.sam import SamSegmenter, load_sam
 from backend.models.sam_embeddings import MemoryEmbeddings
-from backend.prompts import SamPrompt
+from backend.interactive.prompts import SamPrompt
 from tests.conftest import MODELS_DIR
 from tools.tiny_sam import HELD_OUT_SEEDS, TINY_ARCHITECTURE, batched_predict_masks, held_out_ious
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
+from backend.serving.app import build_services, create_app
 from backend.settings import Settings
 from bench.load import demo_settings, start_gunicorn, write_images
 from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT
@@ -83,15 +83,15 @@ def basic_auth_client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
 
 
 def test_services_are_built_at_startup_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import backend.app
+    import backend.serving.app
 
     built_in: list[str] = []
 
-    def recording_build(settings: Settings) -> backend.app.Services:
+    def recording_build(settings: Settings) -> backend.serving.app.Services:
         built_in.append(threading.current_thread().name)
         return build_services(settings)
 
-    monkeypatch.setattr(backend.app, "build_services", recording_build)
+    monkeypatch.setattr(backend.serving.app, "build_services", recording_build)
     settings = Settings.load({"cache_dir": str(tmp_path)}, environ={})
     with TestClient(create_app(settings)) as client:  # runs the app's startup, as a gunicorn worker does
         assert len(built_in) == 1 and built_in[0] != client.portal.call(lambda: threading.current_thread().name)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from backend._wsgi import build_parser, settings_from_args
+from backend.serving.cli import build_parser, settings_from_args
 from backend.settings import Settings, SettingsError, markdown_table
 from tests.conftest import REPO_ROOT
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.controls.classification import choices_regions
-from backend.controls.obb import rotated_box_regions
-from backend.controls.pose import pose_regions
-from backend.controls.video import frame_rate_of, label_studio_frame, video_regions
-from backend.geometry import ls_rect_corners, rotated_box_to_ls_rect
-from backend.label_config import LabelConfigError, parse_label_config
+from backend.prediction.classification import choices_regions
+from backend.prediction.obb import rotated_box_regions
+from backend.prediction.pose import pose_regions
+from backend.prediction.video_regions import frame_rate_of, label_studio_frame, video_regions
+from formats.geometry import ls_rect_corners, rotated_box_to_ls_rect
+from formats.label_config import LabelConfigError, parse_label_config
 from backend.models.yolo_tasks import ClassProbabilities, Poses, RotatedBoxes
 from backend.models.yolo_track import TrackedFrame, VideoInfo
 from tools.shapes_tasks import main as shapes_tasks_main

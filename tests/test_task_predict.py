@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from ultralytics import YOLO
 
-from backend.app import build_services, create_app
-from backend.geometry import ls_rect_corners
+from backend.serving.app import build_services, create_app
+from formats.geometry import ls_rect_corners
 from backend.models.yolo import INFERENCE_THREADS
 from tests.conftest import MODELS_DIR, REPO_ROOT, demo_settings, local_url
 from backend.settings import Settings

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.controls.tasks import task_regions
-from backend.label_config import LabelConfigError, parse_label_config
+from backend.prediction.tasks import task_regions
+from formats.label_config import LabelConfigError, parse_label_config
 from backend.models.yolo_tasks import ClassProbabilities
 from tests.conftest import local_url
 from tests.test_task_predict import CONFIGS, SEEDS, client, predict, task_root, ultralytics_results  # noqa: F401 - fixtures

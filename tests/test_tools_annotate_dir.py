@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from backend.app import build_services
-from backend.geometry import ls_rle_alpha, mask_iou
-from backend.label_config import parse_label_config
+from backend.serving.app import build_services
+from formats.geometry import ls_rle_alpha, mask_iou
+from formats.label_config import parse_label_config
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
 from tools.annotate_dir import AnnotateError, AnnotateOptions, annotate, annotate_settings, label_config_xml, local_files_url, main
 from tools.shapes_dataset import CLASS_NAMES, generate_image

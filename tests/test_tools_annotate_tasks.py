@@ -13,9 +13,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from backend.app import build_services
-from backend.geometry import ls_rect_corners
-from backend.label_config import parse_label_config
+from backend.serving.app import build_services
+from formats.geometry import ls_rect_corners
+from formats.label_config import parse_label_config
 from tests.conftest import DEMO_DET, MODELS_DIR
 from tests.test_task_predict import CONF, CONFIGS, SEEDS, ultralytics_results
 from tools.annotate_dir import AnnotateOptions, annotate, annotate_settings, local_files_url, main

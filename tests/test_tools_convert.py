@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from backend.geometry import mask_to_box, polygon_area
+from formats.geometry import mask_to_box, polygon_area
 from tests.fake_label_studio import FakeLabelStudio
 from tests.tools_exports import (annotation, brush_result, polygon_result, rectangle_result, result, shapes_tasks, task,
                                  upload_image, write_export)
 from tools.convert_to_rle_mask_coco import ConversionError, ConvertOptions, convert, main
-from tools.ls_export import Selection
-from tools.ls_images import ImageSources
+from formats.ls_export import Selection
+from backend.sources.export_images import ImageSources
 from tools.shapes_dataset import CLASS_NAMES
 
 
@@ -264,7 +264,7 @@ def test_tasks_whose_image_could_not_be_copied_are_left_out_of_the_coco_file(tmp
 
 
 def test_label_studio_default_folders_and_unique_image_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tools.ls_images import default_local_files_root, default_ls_data_dir
+    from backend.sources.export_images import default_local_files_root, default_ls_data_dir
 
     for name in ("LABEL_STUDIO_BASE_DATA_DIR", "HEARTEX_BASE_DATA_DIR", "BASE_DATA_DIR", "XDG_DATA_HOME"):
         monkeypatch.delenv(name, raising=False)

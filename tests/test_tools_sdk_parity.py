@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import Converter
 
-from backend.geometry import ls_rect_to_box
+from formats.geometry import ls_rect_to_box
 from tests.tools_exports import annotation, polygon_result, rectangle_result, result, task, upload_image, write_export
 from tools.convert_to_rle_mask_coco import ConvertOptions, convert
-from tools.ls_images import ImageSources
+from backend.sources.export_images import ImageSources
 
 LABELS = ("bird", "cat", "dog")  # sorted: the SDK numbers categories in sorted order
 CONFIG = ('<View><Image name="image" value="$image"/>'

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
-from backend.label_config import parse_label_config
-from backend.predictor import model_choice
+from backend.serving.app import build_services, create_app
+from formats.label_config import parse_label_config
+from backend.training.model_choice import model_choice
 from backend.settings import Settings, SettingsError
 from backend.training import promoted_version
 from backend.training.jobs import JobBoard
@@ -217,9 +217,9 @@ def test_brush_masks_train_segmentation_and_untrainable_controls_are_left_out(tm
     """Dataset of a config with a trainable BrushLabels and a model_trainable="false" RectangleLabels."""
     import cv2
 
-    from backend.geometry import mask_to_ls_rle, mask_to_polygons
-    from backend.images import ImageFetcher
-    from backend.label_studio import AccessTokens
+    from formats.geometry import mask_to_ls_rle, mask_to_polygons
+    from backend.sources.images import ImageFetcher
+    from backend.sources.label_studio import AccessTokens
     from backend.training.dataset import ProjectData, TooFewImages, build_dataset
     from tools.shapes_dataset import generate_image
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.label_studio import Credentials
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings
 from backend.training.registry import ProjectModels
 from backend.training.rq import QUEUE_NAME

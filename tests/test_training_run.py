@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
-from backend.label_studio import Credentials
+from backend.serving.app import build_services, create_app
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings
 from backend.training import trainer
 from backend.training.jobs import FINISHED, JobBoard
@@ -107,7 +107,7 @@ def test_job_promotes_a_model_that_serves_the_new_labels_of_its_project_only(tra
 
 def test_a_restarted_backend_serves_the_promoted_version(trained: Trained) -> None:
     version = predict(trained.client, "12.1700000000", range(7000, 7001))["results"][0]["model_version"]
-    script = ("from backend.label_config import parse_label_config; from backend.services import build_services\n"
+    script = ("from formats.label_config import parse_label_config; from backend.serving.services import build_services\n"
               "from backend.settings import Settings; from tests.training_stand_in import TRAINING_CONFIG\n"
               "print(build_services(Settings.load()).model_version(parse_label_config(TRAINING_CONFIG), '12.17'))")
     env = {**os.environ, **trained.settings.as_environ()}

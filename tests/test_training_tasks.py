@@ -11,8 +11,8 @@ import cv2
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import build_services, create_app
-from backend.label_config import parse_label_config
+from backend.serving.app import build_services, create_app
+from formats.label_config import parse_label_config
 from backend.settings import Settings
 from backend.training import trainer
 from backend.training.jobs import JobBoard

@@ -14,11 +14,11 @@ import cv2
 import pytest
 from fastapi.testclient import TestClient
 
-from backend import url_policy
-from backend.images import ImageError, ImageFetcher
-from backend.label_studio import AccessTokens, Credentials
+from backend.sources import url_policy
+from backend.sources.images import ImageError, ImageFetcher
+from backend.sources.label_studio import AccessTokens, Credentials
 from backend.settings import Settings, SettingsError
-from backend.url_policy import AddressPolicy, AllowList
+from backend.sources.url_policy import AddressPolicy, AllowList
 from tests.conftest import ALL_CONTROLS_CONFIG, local_url
 from tests.fake_label_studio import LoopbackServer, QuietHandler
 from tools.shapes_dataset import generate_image

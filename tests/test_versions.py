@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend import versions
-from backend.app import build_services, create_app
-from backend.label_config import parse_label_config
+from backend.models import versions
+from backend.serving.app import build_services, create_app
+from formats.label_config import parse_label_config
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, SHAPE_LABELS, config_xml, demo_settings, local_url
 
 RECT = config_xml(f'<RectangleLabels name="rect" toName="image">{SHAPE_LABELS}</RectangleLabels>')

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.label_config import parse_label_config
+from formats.label_config import parse_label_config
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT
 
 DEMO_WITH = [f"yolo_det_model={DEMO_DET}", f"yolo_seg_model={DEMO_SEG}", f"model_root={MODELS_DIR}"]

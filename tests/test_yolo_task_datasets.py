@@ -12,13 +12,13 @@ import yaml
 from fastapi.testclient import TestClient
 from ultralytics import YOLO
 
-from backend.geometry import ls_rect_to_yolo_obb, yolo_obb_to_ls_rect
-from backend.label_config import parse_label_config
+from formats.geometry import ls_rect_to_yolo_obb, yolo_obb_to_ls_rect
+from formats.label_config import parse_label_config
 from tests.conftest import MODELS_DIR, local_url
 from tests.task_training_data import CONFIGS, annotated_tasks, pose_results
 from tests.test_task_predict import SEEDS, client, task_root  # noqa: F401 - the demo pictures and backend as fixtures
 from tools import ls_to_yolo
-from tools.yolo_pose import group_keypoints, pose_schema
+from formats.yolo_pose import group_keypoints, pose_schema
 
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from backend.geometry import mask_to_polygons
+from formats.geometry import mask_to_polygons
 from tests.fake_label_studio import LoopbackServer, QuietHandler
 from tools.shapes_dataset import generate_image
 

@@ -36,15 +36,15 @@ from xml.sax.saxutils import quoteattr
 
 from tqdm import tqdm
 
-from backend.label_config import LabelConfigError, parse_label_config
-from backend.object_storage import parse_storage_options
+from formats.label_config import LabelConfigError, parse_label_config
+from backend.sources.object_storage import parse_storage_options
 from backend.settings import Settings, SettingsError
 from tools.convert_to_rle_mask_coco import EXIT_STRICT, run_and_report, write_coco
-from tools.ls_export import CategoryIndex, Selection, Summary, label_config_classes
-from tools.ls_images import PlacedImage
+from formats.ls_export import CategoryIndex, Selection, Summary, label_config_classes
+from backend.sources.export_images import PlacedImage
 from tools.preannotate.predicting import model_version
 from tools.remote_files import RemoteImages, RootError, image_root, parse_option_pairs, remote_settings
-from tools.staging import staged_output
+from formats.staging import staged_output
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SHAPE_TAGS = {"boxes": "RectangleLabels", "polygons": "PolygonLabels", "masks": "BrushLabels"}
@@ -197,9 +197,9 @@ def remote_images(options: AnnotateOptions, settings: Settings) -> RemoteImages:
 
 def annotate(options: AnnotateOptions, environ: dict[str, str] | None = None) -> Summary:
     """Predict every image of the folder and write the outputs; raises AnnotateError for user errors."""
-    from backend.app import build_services
+    from backend.serving.app import build_services
     from backend.models.cache import ModelPathError
-    from backend.predictor import PredictionConfigError
+    from backend.prediction.predictor import PredictionConfigError
     from tools.annotate_tasks import TaskOutputs, model_label_config, read_label_config
     from tools.annotate_videos import folder_videos, track_videos, video_config
 
@@ -288,7 +288,7 @@ def predict_each(predictor, tasks: list[dict], config, version: str) -> Iterator
     """(task, prediction, failure) for each task: one predictor call for the batch; if that call
     fails, the batch again image by image, so a file that breaks the call costs only itself."""
     from backend.models.cache import ModelPathError
-    from backend.predictor import PredictionConfigError
+    from backend.prediction.predictor import PredictionConfigError
 
     try:
         predictions = predictor.predict(tasks, config, None, version)
@@ -308,8 +308,8 @@ class FolderPredictor:
     """The backend's predictor for one labeling config, telling which images could not be read."""
 
     def __init__(self, settings: Settings, config_xml: str, services=None) -> None:  # noqa: ANN001 - backend Services
-        from backend.app import build_services
-        from backend.predictor import BatchPredictor
+        from backend.serving.app import build_services
+        from backend.prediction.predictor import BatchPredictor
 
         self._services = services or build_services(settings)
         self._config = parse_label_config(config_xml)
@@ -320,7 +320,7 @@ class FolderPredictor:
         self._predictor = BatchPredictor(settings, self._services.yolo, self._services.fetcher,
                                          box_segmenter=box_segmenter, on_image=self._note_image)
 
-    def _note_image(self, image) -> None:  # noqa: ANN001 - backend.images.TaskImage
+    def _note_image(self, image) -> None:  # noqa: ANN001 - backend.sources.images.TaskImage
         self._loaded[image.url] = (image.width, image.height)
 
     def check(self) -> None:
@@ -359,8 +359,8 @@ def ray_predictions(chunks: list[list[dict]], settings: Settings, config_xml: st
     yield from pool.map(lambda actor, chunk: actor.predict.remote(chunk), chunks)
 
 
-def _unreadable_reason(fetcher, url: str) -> str:  # noqa: ANN001 - backend.images.ImageFetcher
-    from backend.images import ImageError
+def _unreadable_reason(fetcher, url: str) -> str:  # noqa: ANN001 - backend.sources.images.ImageFetcher
+    from backend.sources.images import ImageError
 
     try:
         fetcher.load(url, None, None)

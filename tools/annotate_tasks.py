@@ -9,8 +9,8 @@ an OBB model a RectangleLabels with `model_obb="true"`; a classification model a
 - rectangles (rotated ones too), polygons and brushes go to COCO instances as before: a rotated box as
   the axis-aligned `bbox` around it and its 4 corners as the `segmentation` polygon (DOTA-like), `area`
   the rotated box's;
-- KeyPointLabels objects go to COCO keypoints, `annotations/person_keypoints_default.json` (tools.coco_keypoints);
-- Choices and Taxonomy to `annotations/classification_default.{json,csv}` (tools.class_labels).
+- KeyPointLabels objects go to COCO keypoints, `annotations/person_keypoints_default.json` (formats.coco_keypoints);
+- Choices and Taxonomy to `annotations/classification_default.{json,csv}` (formats.class_labels).
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from collections import Counter
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from backend.label_config import Control, LabelConfig
+from formats.label_config import Control, LabelConfig
 from backend.models.cache import ModelPathError
 from backend.models.yolo_tasks import TaskYoloModel
-from backend.predictor import ModelChoice, PredictionConfigError, model_choice
+from backend.prediction.predictor import PredictionConfigError
+from backend.training.model_choice import ModelChoice, model_choice
 from backend.settings import Settings
 from tools.annotate_dir import AnnotateError, label_config_xml
-from tools.class_labels import CLASS_TAGS, ClassLabelsWriter
-from tools.coco import CocoWriter
-from tools.coco_keypoints import KeypointDecoder, coco_keypoint_categories, pose_categories
+from formats.class_labels import CLASS_TAGS, ClassLabelsWriter
+from formats.coco import CocoWriter
+from formats.coco_keypoints import KeypointDecoder, coco_keypoint_categories, pose_categories
 
 TASK_MODEL_TASKS = ("pose", "obb", "classify")
 KEYPOINTS_NAME = "person_keypoints_default.json"

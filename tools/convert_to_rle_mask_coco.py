@@ -25,13 +25,13 @@ import os  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from backend.label_config import LabelConfigError  # noqa: E402
-from tools.coco import CocoWriter, coco_categories, coco_image, region_annotation  # noqa: E402
-from tools.ls_export import (CategoryIndex, ExportError, ImagePlacement, Selection, Summary, convert_tasks,  # noqa: E402
+from formats.label_config import LabelConfigError  # noqa: E402
+from formats.coco import CocoWriter, coco_categories, coco_image, region_annotation  # noqa: E402
+from formats.ls_export import (CategoryIndex, ExportError, ImagePlacement, Selection, Summary, convert_tasks,  # noqa: E402
                              iter_export_tasks, label_config_classes, parse_class_list)
-from tools.ls_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir  # noqa: E402
-from tools.mmdet_config import MODELS, mmdet_config  # noqa: E402
-from tools.staging import staged_output  # noqa: E402
+from backend.sources.export_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir  # noqa: E402
+from formats.mmdet_config import MODELS, mmdet_config  # noqa: E402
+from formats.staging import staged_output  # noqa: E402
 
 EXIT_ERROR = 1
 EXIT_STRICT = 3

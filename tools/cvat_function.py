@@ -7,7 +7,7 @@ cvat-cli passes the `-p NAME=TYPE:VALUE` parameters to `create(**parameters)`: t
 settings (the README's `--with` keys), `config` (a TOML file of them, as `annotate_dir --config`),
 `model` (a .pt file, or a name in MODEL_ROOT) and `shape` (boxes, polygons or masks). Every frame
 goes through the backend's own batch predictor with a labeling config made of the model's class
-names, and each Label Studio region it answers becomes a CVAT shape through backend.geometry:
+names, and each Label Studio region it answers becomes a CVAT shape through formats.geometry:
 rectangles (rotated for OBB models), polygons, masks, and skeletons from a pose model's keypoints.
 """
 
@@ -29,8 +29,8 @@ import numpy as np
 import PIL.Image
 from cvat_sdk import models
 
-from backend.geometry import ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
-from backend.label_config import LabelConfig, parse_label_config
+from formats.geometry import ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
+from formats.label_config import LabelConfig, parse_label_config
 from backend.settings import Settings
 from tools.annotate_dir import (SHAPE_TAGS, AnnotateError, AnnotateOptions, annotate_settings, label_config_xml, load_toml_settings,
                                local_files_url)
@@ -61,7 +61,7 @@ class BackendDetectionFunction:
                  rotated: bool = False) -> None:
         self.shape = shape
         self.rotated = rotated  # an OBB model: rotated rectangles
-        self._services = services  # backend.services.Services whose LOCAL_FILES_DOCUMENT_ROOT is `frames`
+        self._services = services  # backend.serving.services.Services whose LOCAL_FILES_DOCUMENT_ROOT is `frames`
         self._class_names = class_names
         self._label_ids = {name: index for index, name in enumerate(class_names)}
         self._frames = frames  # removed with the function
@@ -161,8 +161,8 @@ def region_shape(region: Mapping[str, Any], label_ids: Mapping[str, int]) -> mod
 def create(**parameters: Any) -> BackendDetectionFunction:
     """The function for cvat-cli's `-p` parameters; raises CvatFunctionError with one sentence on bad usage."""
     from backend.models.cache import ModelPathError
-    from backend.predictor import ModelChoice
-    from backend.services import build_services
+    from backend.training.model_choice import ModelChoice
+    from backend.serving.services import build_services
     from backend.settings import SettingsError
 
     shape = parameters.get("shape")
@@ -228,7 +228,7 @@ def _keypoint_names(path: Path) -> dict[int, list[str]]:
 
 
 def _answering_model(services: Any, choice: Any) -> Any:
-    """The YOLO model of `choice` (backend.predictor.ModelChoice), of any task the backend loads."""
+    """The YOLO model of `choice` (backend.prediction.predictor.ModelChoice), of any task the backend loads."""
     from backend.models.cache import ModelPathError
 
     try:

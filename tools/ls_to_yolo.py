@@ -9,10 +9,10 @@ rectangles, polygons and brush masks included); segmentation labels are polygons
 polygons as drawn, rectangles as their four corners, brush masks outlined with the backend's
 `mask_to_polygons` (one line per separate part). An object drawn by several controls (a config
 with RectangleLabels, PolygonLabels and BrushLabels for the same labels) is labelled once, from
-the most precise kind for the task (see tools/region_choice.py); `--from_name` picks controls.
+the most precise kind for the task (see formats/region_choice.py); `--from_name` picks controls.
 The split is a seeded shuffle of the images. Tasks whose image is missing are skipped (a YOLO
 dataset needs the pixels). `--task classify|pose|obb` (Choices, KeyPointLabels with their boxes,
-rotated rectangles) are written by tools/yolo_task_dataset.py; pose needs `--label_config`, whose
+rotated rectangles) are written by formats/yolo_task_dataset.py; pose needs `--label_config`, whose
 model_index attributes number the keypoints.
 
 From Python: `write_yolo_dataset(tasks, out_dir, ...)` writes a dataset from task dicts (an
@@ -31,17 +31,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import yaml
 
-from backend.geometry import mask_to_box, mask_to_polygons
-from backend.label_config import LabelConfigError
+from formats.geometry import mask_to_box, mask_to_polygons
+from formats.label_config import LabelConfigError
 from tools.convert_to_rle_mask_coco import (ConversionError, ConvertOptions, add_image_source_arguments, add_selection_arguments,
                                             fixed_classes, image_sources_from_args, run_and_report)
-from tools.coco import points_box
-from tools.ls_export import (BrushRegion, CategoryIndex, ConvertedTask, ExportError, PolygonRegion, Region, Summary,
+from formats.coco import points_box
+from formats.ls_export import (BrushRegion, CategoryIndex, ConvertedTask, ExportError, PolygonRegion, Region, Summary,
                              convert_tasks, iter_export_tasks, label_config_classes, parse_class_list, Selection)
-from tools.ls_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir
-from tools.region_choice import RegionChooser
-from tools.staging import staged_output
-from tools.yolo_task_dataset import TASK_KINDS, TaskPlan, task_plan, write_task_dataset
+from backend.sources.export_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir
+from formats.region_choice import RegionChooser
+from formats.staging import staged_output
+from formats.yolo_task_dataset import TASK_KINDS, TaskPlan, task_plan, write_task_dataset
 
 TASKS = ("detect", "segment") + TASK_KINDS
 
@@ -207,7 +207,7 @@ def export_yolo(options: YoloOptions) -> Summary:
 
 def _write_task_kind(tasks: Iterable[dict], options: YoloOptions, plan: TaskPlan, images: ExportImages, pending: Path,
                      categories: CategoryIndex, image_key: str | None, publish: Path, summary: Summary) -> None:
-    """A classify, pose or OBB dataset: tools.yolo_task_dataset labels the images, then they go into their splits."""
+    """A classify, pose or OBB dataset: formats.yolo_task_dataset labels the images, then they go into their splits."""
     converted = convert_tasks(plan.tasks(tasks, options.convert.selection), options.convert.selection, categories,
                               images, image_key, summary)
     written = write_task_dataset(converted, plan, pending, summary, {name: i for i, name in enumerate(plan.classes)})
@@ -223,7 +223,7 @@ def _config_image_key(label_config: str | None) -> str | None:
     """The data key of the config's first image control (the tasks' image URL)."""
     if label_config is None:
         return None
-    from backend.label_config import parse_label_config
+    from formats.label_config import parse_label_config
 
     controls = parse_label_config(label_config).controls
     return controls[0].data_key if controls else None

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from backend.object_storage import ObjectStorage, StorageError, label_studio_url, parse_storage_options, storage_protocol
-from tools.ls_images import PlacedImage
+from backend.sources.object_storage import ObjectStorage, StorageError, label_studio_url, parse_storage_options, storage_protocol
+from backend.sources.export_images import PlacedImage
 
 
 class RootError(Exception):

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from backend.geometry import mask_to_polygons
+from formats.geometry import mask_to_polygons
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 

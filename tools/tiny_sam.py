@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backend.geometry import mask_iou
+from formats.geometry import mask_iou
 from backend.models.sam import SamArchitecture
 from tools.shapes_dataset import generate_image
 

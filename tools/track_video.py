@@ -15,13 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-from backend.controls.video import frame_rate_of, video_regions
-from backend.label_config import Control, LabelConfigError, parse_label_config
+from backend.prediction.video_regions import frame_rate_of, video_regions
+from formats.label_config import Control, LabelConfigError, parse_label_config
 from backend.models.cache import ModelPathError, resolve_model_path, select_device
 from backend.models.yolo_track import VideoError, track_video
-from backend.regions import prediction
+from formats.regions import prediction
 from backend.settings import Settings
-from backend.video_predictor import track_options
+from backend.prediction.video import track_options
 
 
 def video_controls(label_config: str) -> list[Control]:

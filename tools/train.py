@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tools.convert_to_rle_mask_coco import (EXIT_ERROR, ConversionError, ConvertOptions, add_image_source_arguments,
                                             add_selection_arguments, image_sources_from_args)
-from tools.ls_export import Selection, parse_class_list
+from formats.ls_export import Selection, parse_class_list
 from tools.ls_to_yolo import YoloOptions, export_yolo
 
 

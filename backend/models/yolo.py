@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.mask_crop import MaskCrops
+from formats.mask_crop import MaskCrops
 from backend.models.cache import ModelPathError
 from backend.models.yolo_files import load_yolo
 from backend.models.yolo_masks import retina_mask_crops

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backend.mask_crop import MaskCrop
+from formats.mask_crop import MaskCrop
 
 
 def retina_mask_crops(protos: torch.Tensor, coefficients: torch.Tensor, boxes: torch.Tensor,

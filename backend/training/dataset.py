@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.images import ImageError, ImageFetcher
-from backend.label_config import LabelConfig, LabelConfigError, parse_label_config
-from backend.label_studio import Credentials
-from tools.ls_export import ExportError, iter_export_tasks, task_image_url
-from tools.ls_images import ImageSources
+from backend.sources.images import ImageError, ImageFetcher
+from formats.label_config import LabelConfig, LabelConfigError, parse_label_config
+from backend.sources.label_studio import Credentials
+from formats.ls_export import ExportError, iter_export_tasks, task_image_url
+from backend.sources.export_images import ImageSources
 from backend.training.tasks import project_task, task_controls
 from tools.ls_to_yolo import write_yolo_dataset
-from tools.yolo_task_dataset import TASK_KINDS
+from formats.yolo_task_dataset import TASK_KINDS
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.label_config import LabelConfig, parse_label_config
-from backend.label_studio import AccessTokens, Credentials
-from backend.object_storage import direct_storage
+from formats.label_config import LabelConfig, parse_label_config
+from backend.sources.label_studio import AccessTokens, Credentials
+from backend.sources.object_storage import direct_storage
 from backend.settings import Settings
 from backend.training import dataset as datasets
 from backend.training import trainer
@@ -89,7 +89,7 @@ def run_job(settings: Settings, spec: JobSpec, board: JobBoard) -> str | None:
 
 def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, models: ProjectModels,
                        work: Path) -> tuple[str, str, dict]:
-    from backend.images import ImageFetcher
+    from backend.sources.images import ImageFetcher
     from backend.models.cache import select_device
 
     started = time.monotonic()
@@ -148,7 +148,7 @@ def served_weights(settings: Settings, config: LabelConfig, project: int, task: 
     """The weights the project's trainable controls of the trained kind use today (the promoted model, else
     the control's model_path, else YOLO_SEG_MODEL / YOLO_DET_MODEL): the starting point and the baseline."""
     from backend.models.cache import resolve_model_path
-    from backend.predictor import model_choice
+    from backend.training.model_choice import model_choice
 
     controls = task_controls(config, task)
     control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.label_studio import Credentials
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings
 from backend.training.counter import AnnotationCounter
 from backend.training.jobs import JobBoard

@@ -8,8 +8,8 @@ TASK_PRIORITY trains; `model_trainable="false"` on the others chooses another.
 
 from __future__ import annotations
 
-from backend.controls.tasks import required_task
-from backend.label_config import Control, LabelConfig
+from formats.control_tasks import required_task
+from formats.label_config import Control, LabelConfig
 
 TASK_PRIORITY = ("pose", "obb", "segment", "detect", "classify")
 # What the val split scores each task by (the promotion rule compares these figures).

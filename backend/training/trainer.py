@@ -154,7 +154,7 @@ def _classes_present(labels_dir: Path) -> set[int]:
 def _top1(model, val_dir: Path, classes: list[str], label_of: Callable[[str], str | None],  # noqa: ANN001 - YOLO
           options: TrainOptions) -> Score:
     """Share of val images whose served choice is right: the likeliest model class that has a label, as
-    backend/controls/classification.py chooses (a model class without a label is never served)."""
+    backend/prediction/classification.py chooses (a model class without a label is never served)."""
     samples = [(image, classes.index(folder.name)) for folder in sorted(val_dir.iterdir())
                if folder.is_dir() and folder.name in classes for image in sorted(folder.iterdir()) if image.is_file()]
     if not samples:

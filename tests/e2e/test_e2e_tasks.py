@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.controls.video import video_regions
-from backend.geometry import ls_rect_corners, rotated_box_to_ls_rect
+from backend.prediction.video_regions import video_regions
+from formats.geometry import ls_rect_corners, rotated_box_to_ls_rect
 from backend.models.yolo_tasks import TaskYoloModel
 from backend.models.yolo_track import TrackOptions, track_video
-from backend.label_config import parse_label_config
+from formats.label_config import parse_label_config
 from tests.conftest import MODELS_DIR, REPO_ROOT
 from tests.e2e.conftest import SCORE_THRESHOLD, Backend, LabelStudio
 from tools.shapes_tasks import generate_classify_image, generate_obb_image, generate_pose_image, write_video

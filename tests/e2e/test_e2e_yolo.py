@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from backend.geometry import ls_rect_to_box, mask_iou, percent_to_pixels, polygons_to_mask
-from backend.label_studio import AccessTokens, Credentials
+from formats.geometry import ls_rect_to_box, mask_iou, percent_to_pixels, polygons_to_mask
+from backend.sources.label_studio import AccessTokens, Credentials
 from backend.models.yolo import Detections, YoloModel
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
 from tests.e2e.conftest import (LS_LEGACY_TOKEN, LS_VERSION, SCORE_THRESHOLD, Backend, LabelStudio, MakeProject,

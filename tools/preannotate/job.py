@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from backend.label_studio import Credentials
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings
 from tools.preannotate.client import LabelStudioAPIError, ProjectClient, RetryPolicy, prediction_versions
 from tools.preannotate.predicting import (FAILED, FAILED_WRITE, PREDICTED, SKIPPED, JobError, Outcome, TaskPredictor,

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from backend.label_config import LabelConfig, LabelConfigError, parse_label_config
-from backend.label_studio import Credentials
+from formats.label_config import LabelConfig, LabelConfigError, parse_label_config
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ def parse_config(label_config: str) -> LabelConfig:
     return config
 
 
-def build_backend(settings: Settings):  # noqa: ANN201 - backend.services.Services
-    from backend.app import build_services
+def build_backend(settings: Settings):  # noqa: ANN201 - backend.serving.services.Services
+    from backend.serving.app import build_services
 
     try:
         return build_services(settings)
@@ -84,7 +84,7 @@ class TaskPredictor:
     def check_models(self) -> None:
         """Load every model the config needs now, so a missing model stops the job before any task."""
         from backend.models.cache import ModelPathError
-        from backend.predictor import PredictionConfigError
+        from backend.prediction.predictor import PredictionConfigError
 
         try:
             self._services.predictor.plan(self.config, self._project)
@@ -110,7 +110,7 @@ class TaskPredictor:
         """(task, prediction, failure) for each task: one predictor call for the batch; if that call
         fails, the batch again task by task, so a task that breaks the call costs only itself."""
         from backend.models.cache import ModelPathError
-        from backend.predictor import PredictionConfigError
+        from backend.prediction.predictor import PredictionConfigError
 
         try:
             predictions = self._services.predictor.predict(tasks, self.config, self._credentials, self.version,
@@ -129,7 +129,7 @@ class TaskPredictor:
 
     def _image_problem(self, task: dict) -> str | None:
         """Why one of the task's images cannot be used, if so (the predictor only logs it)."""
-        from backend.images import ImageError
+        from backend.sources.images import ImageError
 
         for key in self._data_keys:
             url = task["data"].get(key)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.label_studio import Credentials
+from backend.sources.label_studio import Credentials
 from backend.settings import Settings
 from tools.preannotate.client import LabelStudioAPIError, ProjectClient, prediction_versions
 from tools.preannotate.job import JobOptions, JobSummary, progress_bar, read_project, write_outcomes

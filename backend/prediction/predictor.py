@@ -1,0 +1,242 @@
+"""Batch pre-annotation: tasks in, one Label Studio prediction per task out, in task order.
+
+Images are fetched concurrently, each YOLO model used by the config runs once per batch of images
+(controls sharing a model share its forward pass), and each control turns the detections into
+its own region type. A task whose image cannot be used gets an empty prediction; the others are
+still answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backend.sources.images import ImageError, ImageFetcher, TaskImage
+from formats.label_config import Control, LabelConfig
+from backend.prediction.tasks import task_mismatch, task_regions
+from backend.sources.label_studio import Credentials
+from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
+from formats.mask_crop import MaskCrops
+from backend.models.yolo import Detections, PreparedBatch, YoloModel, preparing_thread
+from backend.models.yolo_tasks import TaskYoloModel
+from formats.regions import mask_regions, prediction, rectangle_region
+from backend.settings import Settings
+from backend.training.model_choice import ModelChoice, model_choice
+from backend.models.versions import file_fingerprint
+from backend.prediction.video import VideoPredictor
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionConfigError(ValueError):
+    """The labeling config asks for something the configured models cannot do (answered as 4xx)."""
+
+
+class YoloModels:
+    """YOLO models by config value, loaded once per process through the model cache."""
+
+    def __init__(self, settings: Settings, cache: ModelCache, device: str) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._device = device
+
+    def path(self, choice: ModelChoice) -> Path:
+        return resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting)
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
+        path = self.path(choice)
+        kind = TaskYoloModel if choice.task_model else YoloModel
+        # A file replaced under the same name (a retrained model) is loaded again, and the old one dropped.
+        key = ("yolo-task" if choice.task_model else "yolo", str(path), file_fingerprint(path), self._device,
+               self._settings.half, self._settings.yolo_imgsz)
+        self._cache.discard(lambda other: other[:2] == key[:2] and other != key)
+        return self._cache.get(key, lambda: kind(path, choice.setting, self._device, self._settings.half,
+                                                 self._settings.yolo_imgsz))
+
+
+class BatchPredictor:
+    def __init__(self, settings: Settings, models: YoloModels, fetcher: ImageFetcher,
+                 box_segmenter: Callable[[TaskImage, np.ndarray], np.ndarray] | None = None,
+                 on_image: Callable[[TaskImage], None] | None = None) -> None:
+        self._settings = settings
+        self._models = models
+        self._fetcher = fetcher
+        self._box_segmenter = box_segmenter  # SAM: boxes -> masks, when YOLO_SAM is on
+        self._on_image = on_image  # e.g. SAM embedding prefetch
+        self._video = VideoPredictor(settings, fetcher, models.device)
+
+    def plan(self, config: LabelConfig, project: object = None) -> dict[YoloModel, list[Control]]:
+        """Which model serves which controls; raises ModelPathError / PredictionConfigError up front.
+
+        Keyed by the loaded model, so controls naming the same file through different settings
+        share one forward pass."""
+        plan: dict[YoloModel, list[Control]] = {}
+        for control in config.prediction_controls:
+            choice = model_choice(control, self._settings, project)
+            try:
+                model = self._models.get(choice)
+            except ModelPathError as exc:
+                named = f"<{control.tag} name=\"{control.name}\">"
+                if named in str(exc):  # model_path on the control already names it
+                    raise
+                raise ModelPathError(f"{named}: {exc}") from exc
+            mismatch = task_mismatch(control, model.task, choice.setting, choice.path_value)
+            if mismatch is not None:
+                raise PredictionConfigError(mismatch)
+            if control.tag == "VideoRectangle":
+                self._video.check(control)
+                continue  # tracked per video, not in the image batches
+            if control.wants_masks and not model.has_masks and self._box_segmenter is None:
+                raise PredictionConfigError(
+                    f"<{control.tag} name=\"{control.name}\"> needs masks but {choice.setting}='{choice.path_value}' is a "
+                    "detection model: use a segmentation model (e.g. yolov8n-seg.pt) or enable YOLO_SAM with a SAM model")
+            plan.setdefault(model, []).append(control)
+        return plan
+
+    def model_files(self, config: LabelConfig, project: object = None) -> list[Path]:
+        """The model file each prediction control resolves to, in config order (nothing is loaded)."""
+        files = []
+        for control in config.prediction_controls:
+            choice = model_choice(control, self._settings, project)
+            try:
+                files.append(self._models.path(choice))
+            except ModelPathError:  # refused paths never predict; /predict answers them with a 4xx
+                continue
+        return files
+
+    def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
+                model_version: str, project: object = None) -> list[dict]:
+        plan = self.plan(config, project)
+        videos = [control for control in config.prediction_controls if control.tag == "VideoRectangle"]
+        if not plan and not videos:
+            logger.info("the labeling config has no control to predict")
+            return [prediction([], model_version) for _ in tasks]
+        data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
+        regions: list[list[dict]] = [[] for _ in tasks]
+        size = self._settings.batch_size
+        chunks = [range(start, min(start + size, len(tasks))) for start in range(0, len(tasks), size)]
+        workers = max(1, min(self._settings.fetch_workers, size * len(data_keys)))
+        # A bounded pipeline: while one chunk of tasks runs through the models, the next is fetched,
+        # decoded and letterboxed; at most two chunks of images are held at a time. On CUDA that overlaps
+        # the forward passes; on CPU, where a forward pass keeps every core busy (and contention slows its
+        # thread team more than preparing in parallel saves), it overlaps building the regions, one thread.
+        overlap_forward = self._models.device.startswith("cuda")
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as fetch_pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare", initializer=preparing_thread) as prepare_pool:
+            def prepare(chunk: range) -> list[ModelBatch]:
+                return self._prepare_chunk(tasks, chunk, plan, data_keys, credentials, fetch_pool)
+
+            upcoming = None  # the first chunk is prepared in this thread: nothing runs meanwhile
+            for position in range(len(chunks)):
+                batches = upcoming.result() if upcoming is not None else prepare(chunks[position])
+                following = chunks[position + 1] if position + 1 < len(chunks) else None
+                upcoming = prepare_pool.submit(prepare, following) if following and overlap_forward else None
+                found = [self._infer(batch, tasks) for batch in batches]
+                if following and not overlap_forward:
+                    upcoming = prepare_pool.submit(prepare, following)
+                for batch, detections in zip(batches, found):
+                    self._batch_regions(batch, detections, regions)
+        for control in videos:
+            model_path = self._models.path(model_choice(control, self._settings, project))
+            for task_index, task in enumerate(tasks):
+                regions[task_index].extend(self._video.task_regions(task, control, model_path, credentials))
+        return [prediction(task_regions, model_version) for task_regions in regions]
+
+    def _threshold(self, control: Control) -> float:
+        return control.score_threshold if control.score_threshold is not None else self._settings.model_score_threshold
+
+    def _prepare_chunk(self, tasks: list[dict], chunk: range, plan: dict[YoloModel, list[Control]], data_keys: list[str],
+                       credentials: Credentials | None, fetch_pool: ThreadPoolExecutor) -> list[ModelBatch]:
+        """The chunk's images, fetched concurrently, as one letterboxed batch per model and image key."""
+        jobs = [(i, key) for i in chunk for key in data_keys]
+        def load(job: tuple[int, str]) -> TaskImage | None:
+            return self._load_image(tasks[job[0]], job[1], credentials)
+
+        images = dict(zip(jobs, fetch_pool.map(load, jobs) if len(jobs) > 1 else map(load, jobs)))
+        batches = []
+        for model, controls in plan.items():
+            for data_key in sorted({control.data_key for control in controls}):
+                items = [(i, images[i, data_key]) for i in chunk if images[i, data_key] is not None]
+                if not items:
+                    continue
+                try:
+                    prepared = model.prepare([image.pixels for _, image in items])
+                except Exception:  # one failing batch must not lose the other tasks
+                    logger.exception("YOLO preprocessing failed on tasks %s", [task_id(tasks[i]) for i, _ in items])
+                    continue
+                batches.append(ModelBatch(model, controls, data_key, items, prepared))
+        return batches
+
+    def _load_image(self, task: dict, key: str, credentials: Credentials | None) -> TaskImage | None:
+        data = task.get("data") if isinstance(task, dict) else None
+        url = data.get(key) if isinstance(data, dict) else None
+        try:
+            if not isinstance(url, str):
+                raise ImageError(f"task data has no '{key}' image URL")
+            image = self._fetcher.load(url, task.get("id"), credentials)
+        except (ImageError, PermissionError) as exc:
+            logger.warning("task %s: %s", task_id(task), exc)
+            return None
+        if self._on_image is not None:
+            self._on_image(image)
+        return image
+
+    def _infer(self, batch: ModelBatch, tasks: list[dict]) -> list:
+        conf = min(self._threshold(control) for control in batch.controls)
+        try:
+            return batch.model.infer(batch.prepared, conf)
+        except Exception:  # one failing batch must not lose the other tasks
+            logger.exception("YOLO failed on tasks %s", [task_id(tasks[i]) for i, _ in batch.items])
+            return []
+
+    def _batch_regions(self, batch: ModelBatch, detections: list, regions: list[list[dict]]) -> None:
+        for (task_index, image), found in zip(batch.items, detections):
+            for control in batch.controls:
+                if control.data_key == batch.data_key:
+                    regions[task_index].extend(self._control_regions(control, image, found))
+
+    def _control_regions(self, control: Control, image: TaskImage, found: Detections) -> list[dict]:
+        threshold = self._threshold(control)
+        if not isinstance(found, Detections):  # a pose, OBB or classification model's output
+            return task_regions(control, found, threshold, image.width, image.height)
+        keep = [k for k in range(len(found)) if found.scores[k] >= threshold and control.label_for(found.class_names[k])]
+        if not keep:
+            return []
+        crops = dict(enumerate(found.masks.crops)) if found.masks is not None else None
+        if control.wants_masks and crops is None:  # YOLO_SAM: each kept box prompts SAM
+            crops = dict(zip(keep, MaskCrops.of(self._box_segmenter(image, found.boxes[keep])).crops))
+        regions: list[dict] = []
+        for k in keep:
+            label = control.label_for(found.class_names[k])
+            score = float(found.scores[k])
+            if control.wants_masks:
+                regions.extend(mask_regions(control, label, crops[k], score, self._settings.polygon_tolerance))
+            else:
+                regions.append(rectangle_region(control, label, tuple(found.boxes[k]), score, image.width, image.height))
+        return regions
+
+
+def task_id(task: object) -> object:
+    return task.get("id") if isinstance(task, dict) else "?"
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """One chunk's images for one model and image key, letterboxed, and the controls they serve."""
+
+    model: YoloModel
+    controls: list[Control]
+    data_key: str
+    items: list[tuple[int, TaskImage]]  # (task index, image)
+    prepared: PreparedBatch
+
+__all__ = ["BatchPredictor", "ModelPathError", "PredictionConfigError", "YoloModels"]

@@ -1,0 +1,150 @@
+"""Everything a request needs, built once per process: models, image fetcher, predictors, metrics.
+
+Also what the process says about its models: their versions for a labeling config, the default
+models loaded in the background at start-up (a model that cannot load is an ERROR in the log and a
+line in /health, not a surprise on the first /predict), and the config-to-model label check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.serving.config_check import ConfigReporter
+from backend.sources.images import ImageFetcher
+from formats.label_config import LabelConfig
+from backend.sources.label_studio import AccessTokens, Credentials, SetupStore
+from backend.serving.metrics import Metrics
+from backend.sources.object_storage import direct_storage
+from backend.models.cache import ModelCache, ModelPathError, select_device
+from backend.prediction.predictor import BatchPredictor, YoloModels
+from backend.training.model_choice import ModelChoice, model_choice
+from backend.settings import Settings
+from backend.sources.url_policy import AddressPolicy
+from backend.training.service import TrainingService
+from backend.models.versions import join_tags, model_tag
+
+logger = logging.getLogger(__name__)
+
+DEMO_COMMAND = ("label-studio-ml start backend --port 9090 --with yolo_det_model=demo-shapes-det.pt "
+                "yolo_seg_model=demo-shapes-seg.pt")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    device: str
+    models: ModelCache
+    yolo: YoloModels
+    fetcher: ImageFetcher
+    setup_store: SetupStore
+    predictor: BatchPredictor
+    metrics: Metrics
+    interactive: Any = None  # backend.interactive.sam.InteractivePredictor when a SAM model is configured
+    started_at: float = field(default_factory=time.time)
+    model_errors: dict[str, str] = field(default_factory=dict)  # setting -> why its model did not load
+    reporter: ConfigReporter = field(default_factory=ConfigReporter)
+    training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
+
+    def credentials(self, project: str | None) -> Credentials | None:
+        """Settings win; otherwise what /setup said (in any worker) for this project."""
+        saved = self.setup_store.load(project)
+        hostname = (self.settings.label_studio_url or saved.get("hostname") or "").rstrip("/")
+        token = self.settings.label_studio_api_key or saved.get("access_token") or ""
+        return Credentials(hostname, token) if hostname or token else None
+
+    # ------------------------------------------------------------ versions
+
+    def model_version(self, config: LabelConfig | None = None, project: object = None) -> str:
+        """The models that answer `config` (the default models without one), by file name and content hash."""
+        if self.settings.model_version:
+            return self.settings.model_version
+        if config is None:
+            files = [self.yolo.path(choice) for choice in self.default_choices() if self._resolvable(choice)]
+            uses_sam = True
+        else:
+            files = self.predictor.model_files(config, project)
+            uses_sam = config.has_prompts or (self.settings.yolo_sam and bool(config.prediction_controls))
+        tags = [model_tag(path) for path in files]
+        if self.interactive is not None and self.interactive.checkpoint is not None and uses_sam:
+            tags.append(model_tag(self.interactive.checkpoint))
+        return join_tags(tags)
+
+    def default_choices(self) -> tuple[ModelChoice, ModelChoice]:
+        return (ModelChoice(self.settings.yolo_det_model, "YOLO_DET_MODEL"),
+                ModelChoice(self.settings.yolo_seg_model, "YOLO_SEG_MODEL"))
+
+    def _resolvable(self, choice: ModelChoice) -> bool:
+        try:
+            self.yolo.path(choice)
+        except ModelPathError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ start-up and config checks
+
+    def load_default_models(self) -> None:
+        """Load YOLO_DET_MODEL and YOLO_SEG_MODEL; failures are logged with what to do and kept for /health."""
+        for choice in self.default_choices():
+            try:
+                model = self.yolo.get(choice)
+            except ModelPathError as exc:
+                self.model_errors[choice.setting] = str(exc)
+                logger.error("%s cannot be loaded: %s. Put the file in MODEL_ROOT (%s), name another file with "
+                             "%s, or run on the demo models this repository ships: %s", choice.setting, exc,
+                             self.settings.model_root_path, choice.setting, DEMO_COMMAND)
+                continue
+            self.model_errors.pop(choice.setting, None)
+            logger.info("%s=%s loaded: %s model, classes %s", choice.setting, choice.path_value, model.task,
+                        ", ".join(model.class_names[:20]) + (" ..." if len(model.class_names) > 20 else ""))
+
+    def start_loading_default_models(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load_default_models, name="load-default-models", daemon=True)
+        thread.start()
+        return thread
+
+    def report_config(self, config: LabelConfig, project: object = None) -> None:
+        """Log (once per config and model) which labels each control's model can produce; loads the models."""
+        self.reporter.report_tags(config)
+        for control in config.prediction_controls:
+            choice = model_choice(control, self.settings, project)
+            try:
+                model = self.yolo.get(choice)
+            except ModelPathError as exc:
+                logger.warning("<%s name=\"%s\"> cannot be predicted: %s", control.tag, control.name, exc)
+                continue
+            self.reporter.report_control(control, (str(model.path), model.class_names), model.path.name,
+                                         model.class_names)
+
+    def report_config_in_background(self, config: LabelConfig, project: object = None) -> None:
+        threading.Thread(target=self.report_config, args=(config, project), name="config-check", daemon=True).start()
+
+
+def build_services(settings: Settings) -> Services:
+    device = select_device(settings.device)
+    cache = ModelCache()
+    tokens = AccessTokens(timeout=settings.download_timeout)
+    fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root,
+                           settings.download_timeout, settings.max_image_pixels, tokens,
+                           settings.max_download_bytes,
+                           AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts),
+                           direct_storage(settings))
+    yolo = YoloModels(settings, cache, device)
+    metrics = Metrics()
+    interactive = None
+    box_segmenter = on_image = None
+    if settings.model_name:
+        from backend.interactive.sam import build_interactive
+
+        interactive = build_interactive(settings, cache, device, fetcher,
+                                        lambda result: metrics.embedding_cache.labels(result).inc())
+        if settings.yolo_sam:
+            box_segmenter = interactive.masks_for_boxes
+        if settings.sam_prefetch:
+            on_image = interactive.prefetch
+    predictor = BatchPredictor(settings, yolo, fetcher, box_segmenter=box_segmenter, on_image=on_image)
+    return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup"), predictor,
+                    metrics, interactive, training=TrainingService(settings))

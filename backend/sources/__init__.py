@@ -1,0 +1,1 @@
+"""Where pixels come from: Label Studio (tokens, /setup state), URLs under the policy, local files, object storage."""

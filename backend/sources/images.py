@@ -1,0 +1,210 @@
+"""Task images: where a task's image URL may be read from, and decoding it as Label Studio shows it.
+
+Downloads and Local Storage lookups go through label-studio-sdk's `get_local_path`; this module
+decides which URLs are allowed at all, confines Local Storage to LOCAL_FILES_DOCUMENT_ROOT, puts a
+timeout and a size limit on every download, and refuses decompression bombs before decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import requests
+from PIL import Image, ImageOps
+
+from backend.sources.label_studio import AccessTokens, Credentials
+from backend.sources.object_storage import ObjectStorage, StorageError
+from backend.sources.url_policy import AddressPolicy, AddressRefused, GuardedAdapter, HostGuard
+
+logger = logging.getLogger(__name__)
+
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+
+
+class ImageError(Exception):
+    """A task image cannot be used; the message is safe to log and to show."""
+
+
+@dataclass(frozen=True)
+class TaskImage:
+    url: str
+    pixels: np.ndarray  # HxWx3 uint8 RGB, EXIF orientation applied
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+class DownloadTooLarge(requests.RequestException):
+    """The body is larger than the download limit; raised while it streams, before it fills memory."""
+
+
+class _LimitedSession(requests.Session):
+    """Every request gets a timeout and, with a guard, connects only to addresses it allows; a successful
+    streamed body is read here, up to `max_bytes`."""
+
+    def __init__(self, timeout: float, max_bytes: int, guard: HostGuard | None) -> None:
+        super().__init__()
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        if guard is not None:
+            for prefix in ("http://", "https://"):
+                self.mount(prefix, GuardedAdapter(guard))
+
+    def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
+        kwargs.setdefault("timeout", self._timeout)
+        response = super().request(method, url, **kwargs)
+        if kwargs.get("stream") and response.ok:
+            response._content = self._read_limited(response)  # what `response.content` then returns
+        return response
+
+    def _read_limited(self, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            response.close()
+            raise DownloadTooLarge(f"it announces {int(declared)} bytes, more than MAX_DOWNLOAD_BYTES={self._max_bytes}")
+        body = bytearray()
+        for chunk in response.iter_content(1 << 16):  # decoded (gzip) bytes: the limit holds after decompression
+            body += chunk
+            if len(body) > self._max_bytes:
+                response.close()
+                raise DownloadTooLarge(f"it is more than MAX_DOWNLOAD_BYTES={self._max_bytes} bytes")
+        return bytes(body)
+
+
+def url_kind(url: str) -> str:
+    """upload | local-files | http | cloud; raises ImageError for anything else (file://, paths...)."""
+    if not isinstance(url, str) or not url:
+        raise ImageError("the task has no image URL")
+    if url.startswith(("/data/upload/", "data/upload/", "/upload/", "upload/", "/storage-data/uploaded/")):
+        return "upload"
+    if url.startswith("/data/local-files"):
+        return "local-files"
+    try:
+        scheme = urlparse(url).scheme.lower()
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ImageError(f"image URL '{url[:200]}' cannot be parsed") from None
+    if scheme in ("http", "https"):
+        return "http"
+    if scheme in CLOUD_SCHEMES:
+        return "cloud"
+    raise ImageError(f"image URL '{url[:200]}' is not an http(s), Label Studio upload, local-files or cloud storage URL")
+
+
+class ImageFetcher:
+    """Fetch (with an on-disk cache) and decode task images.
+
+    `address_policy` says which hosts downloads may reach (default: public addresses and Label Studio);
+    None lets them reach any address, for the dataset tools that a user runs on their own exports.
+    With `storage` (STORAGE_READ=direct), cloud storage URLs are read from the bucket, not presigned.
+    """
+
+    def __init__(self, cache_dir: Path, local_files_root: str, timeout: float, max_pixels: int,
+                 tokens: AccessTokens, max_download_bytes: int,
+                 address_policy: AddressPolicy | None = AddressPolicy(), storage: ObjectStorage | None = None) -> None:
+        self._cache_dir = cache_dir
+        self._local_root = Path(local_files_root).expanduser().resolve() if local_files_root else None
+        self._timeout = timeout
+        self._max_pixels = max_pixels
+        self._tokens = tokens
+        self._max_download_bytes = max_download_bytes
+        self._address_policy = address_policy
+        self._storage = storage
+
+    def fetch(self, url: str, task_id: int | None, credentials: Credentials | None) -> Path:
+        """Local path of the image behind `url`, downloading it into the cache if needed."""
+        from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
+
+        kind = url_kind(url)
+        if kind == "local-files" and self._local_root is not None:
+            return self._local_file(url)
+        if kind == "cloud" and self._storage is not None:
+            with _as_image_error():
+                return self._storage.download(url, self._cache_dir, self._max_download_bytes)
+        if kind in ("upload", "local-files", "cloud") and not (credentials and credentials.hostname and credentials.token):
+            raise ImageError(f"cannot download '{url[:200]}': no Label Studio URL and API key "
+                             "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
+        token = self._tokens.bearer_or_legacy(credentials) if credentials and credentials.token else None
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        guard = self._address_policy.guard(credentials.hostname if credentials else None) if self._address_policy else None
+        session = _LimitedSession(self._timeout, self._max_download_bytes, guard)
+        try:
+            if guard is not None and kind == "http":
+                guard.check_url(url)  # before the SDK, whose download cache would answer without connecting
+            with ls_io.http_session(session), ls_io.local_files_resolver(None):
+                path = ls_io.get_local_path(url, cache_dir=str(self._cache_dir),
+                                            hostname=credentials.hostname if credentials else None,
+                                            access_token=token, task_id=task_id, download_resources=True)
+        except AddressRefused as exc:
+            raise ImageError(f"refused to download '{url[:200]}': {exc}") from None
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}") from None
+        except requests.Timeout:
+            raise ImageError(f"downloading '{url[:200]}' timed out after {self._timeout:g} s") from None
+        except DownloadTooLarge as exc:
+            raise ImageError(f"downloading '{url[:200]}' was abandoned: {exc}") from None
+        except (requests.RequestException, OSError, ValueError) as exc:
+            raise ImageError(f"cannot fetch '{url[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
+        finally:
+            session.close()
+        return Path(path)
+
+    def _local_file(self, url: str) -> Path:
+        values = parse_qs(urlparse(url).query, keep_blank_values=True).get("d")
+        relative = posixpath.normpath(values[-1]).lstrip("/") if values and values[-1] else ""
+        if not relative:
+            raise ImageError(f"local-files URL '{url[:200]}' has no ?d= path")
+        try:
+            path = (self._local_root / relative).resolve()
+            inside = path.is_relative_to(self._local_root)
+            found = inside and path.is_file()
+        except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+            raise ImageError(f"local-files path '{relative[:200]}' is not a usable file name") from None
+        if not inside:
+            raise ImageError(f"local-files path '{relative[:200]}' is outside LOCAL_FILES_DOCUMENT_ROOT")
+        if not found:
+            raise ImageError(f"local file '{relative[:200]}' not found under LOCAL_FILES_DOCUMENT_ROOT")
+        return path
+
+    def load(self, url: str, task_id: int | None, credentials: Credentials | None) -> TaskImage:
+        if self._storage is not None and url_kind(url) == "cloud":  # in memory: a bucket's images never fill the disk
+            with _as_image_error():
+                body = self._storage.read(url, self._max_download_bytes)
+            return TaskImage(url=url, pixels=self.decode(io.BytesIO(body)))
+        return TaskImage(url=url, pixels=self.decode(self.fetch(url, task_id, credentials)))
+
+    def decode(self, path: Path | io.BytesIO) -> np.ndarray:
+        """RGB pixels with the EXIF orientation applied, as Label Studio displays the image."""
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > self._max_pixels:
+                    raise ImageError(f"image is {width}x{height}, more than MAX_IMAGE_PIXELS={self._max_pixels}")
+                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        except ImageError:
+            raise
+        # ImportError: once Ultralytics is imported, Image.open tries a HEIF plugin for files Pillow
+        # cannot identify, and that import fails where pi-heif is not installed.
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, ImportError) as exc:
+            raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+@contextmanager
+def _as_image_error() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        raise ImageError(str(exc)) from None
