@@ -1,8 +1,8 @@
 """All configuration in one place.
 
 Every setting has an environment variable (upper case) and a `--with key=value` key (the same name
-in lower case); `--with` wins over the environment. `python -m backend.settings` prints the README
-table, so documentation and code cannot drift apart.
+in lower case); `--with` wins over the environment. `python -m backend.settings` prints the table
+of docs/configuration.md, so documentation and code cannot drift apart (tests/test_docs.py).
 """
 
 from __future__ import annotations

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from backend.serving.cli import build_parser, settings_from_args
-from backend.settings import Settings, SettingsError, markdown_table
-from tests.conftest import REPO_ROOT
+from backend.settings import Settings, SettingsError
 
 
 def test_environment_then_with_overrides() -> None:
@@ -55,10 +52,3 @@ def test_cli_flags_map_to_settings() -> None:
     args = build_parser().parse_args(["--basic-auth-user", "u", "--basic-auth-pass", "p", "--log-level", "DEBUG", "--model-dir", "/m"])
     settings = settings_from_args(args)
     assert (settings.basic_auth_user, settings.basic_auth_pass, settings.log_level, settings.model_root) == ("u", "p", "DEBUG", "/m")
-
-
-def test_readme_documents_every_setting() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "README's configuration table is stale: paste `python -m backend.settings`"
-    for field in dataclasses.fields(Settings):
-        assert f"`{field.name.upper()}`" in readme
