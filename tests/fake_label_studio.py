@@ -38,7 +38,8 @@ class LoopbackServer:
 
 class FakeLabelStudio(LoopbackServer):
     """Serves `files` (upload key -> bytes) at /data/upload/... and /storage-data/uploaded/?filepath=...
-    to requests whose Authorization header is `Token <token>`; records every request path."""
+    and the user at /api/current-user/whoami to requests whose Authorization header is `Token <token>`
+    (others get Label Studio's 401); records every request path."""
 
     def __init__(self, files: dict[str, bytes], token: str) -> None:
         self.files = files
@@ -53,6 +54,9 @@ class FakeLabelStudio(LoopbackServer):
                     self.reply(401, b'{"detail": "Authentication credentials were not provided."}')
                     return
                 parsed = urlparse(self.path)
+                if parsed.path == "/api/current-user/whoami":
+                    self.reply(200, b'{"id": 1, "email": "user@example.com"}')
+                    return
                 key = parse_qs(parsed.query).get("filepath", [""])[0] if parsed.path.startswith("/storage-data/") \
                     else parsed.path.removeprefix("/data/")
                 body = fake.files.get(key)

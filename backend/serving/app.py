@@ -160,6 +160,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             except Exception:  # never a stack trace to the client
                 logger.exception("unhandled error on %s %s", request.method, request.url.path)
                 response = JSONResponse({"error": "internal error; see the backend log"}, status_code=500)
+        if response.status_code == 405 or (response.status_code == 404 and "endpoint" not in request.scope):
+            _log_unknown_route(request, response.status_code)
         services = state.get("services")
         if services is not None:
             metrics = services.metrics
@@ -186,6 +188,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             "models_failed": dict(services.model_errors),
             "sam": services.settings.model_name or None,
             "uptime_seconds": round(time.time() - services.started_at, 1),
+            "label_studio_token_refused": services.token_check.problems() if services.token_check else {},
             "training": await run_in_threadpool(services.training.status),
         }
 
@@ -200,6 +203,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         _check_model_paths(services, config)
         services.setup_store.save(project, hostname.rstrip("/"), access_token, payload.get("schema"))
         services.report_config_in_background(config, project)  # loads the models: Label Studio should not wait on it
+        services.check_token_in_background(project)
         return {"model_version": services.model_version(config, project)}
 
     @app.post("/predict")
@@ -261,6 +265,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
 
 KNOWN_PATHS = {"/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics"}
+
+
+def _log_unknown_route(request: Request, status: int) -> None:
+    what = "method not allowed" if status == 405 else "no such endpoint"
+    logger.warning("%s %s: %s (HTTP %d). The backend answers /setup, /predict, /webhook, /health at its root: connect "
+                   "its root URL in Label Studio (http://host:port, nothing after the port)",
+                   request.method, request.url.path[:200], what, status)
 
 
 def _authorized(request: Request, settings: Settings) -> bool:

@@ -17,6 +17,7 @@ from backend.serving.config_check import ConfigReporter
 from backend.sources.images import ImageFetcher
 from formats.label_config import LabelConfig
 from backend.sources.label_studio import AccessTokens, Credentials, SetupStore
+from backend.sources.token_check import TokenCheck
 from backend.serving.metrics import Metrics
 from backend.sources.object_storage import direct_storage
 from backend.models.cache import ModelCache, ModelPathError, select_device
@@ -48,6 +49,7 @@ class Services:
     model_errors: dict[str, str] = field(default_factory=dict)  # setting -> why its model did not load
     reporter: ConfigReporter = field(default_factory=ConfigReporter)
     training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
+    token_check: TokenCheck | None = None
 
     def credentials(self, project: str | None) -> Credentials | None:
         """Settings win; otherwise what /setup said (in any worker) for this project."""
@@ -55,6 +57,12 @@ class Services:
         hostname = (self.settings.label_studio_url or saved.get("hostname") or "").rstrip("/")
         token = self.settings.label_studio_api_key or saved.get("access_token") or ""
         return Credentials(hostname, token) if hostname or token else None
+
+    def check_token_in_background(self, project: str | None) -> None:
+        """After /setup: does Label Studio accept the token downloads will use? (An ERROR with the fix if not.)"""
+        if self.token_check is not None:
+            source = "LABEL_STUDIO_API_KEY" if self.settings.label_studio_api_key else "the token Label Studio sent in /setup"
+            self.token_check.check_in_background(self.credentials(project), source)
 
     # ------------------------------------------------------------ versions
 
@@ -147,4 +155,5 @@ def build_services(settings: Settings) -> Services:
             on_image = interactive.prefetch
     predictor = BatchPredictor(settings, yolo, fetcher, box_segmenter=box_segmenter, on_image=on_image)
     return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup"), predictor,
-                    metrics, interactive, training=TrainingService(settings))
+                    metrics, interactive, training=TrainingService(settings),
+                    token_check=TokenCheck(tokens, settings.cache_path / "token-check.json", settings.download_timeout))

@@ -22,9 +22,14 @@ from PIL import Image, ImageOps
 
 from backend.sources.label_studio import AccessTokens, Credentials
 from backend.sources.object_storage import ObjectStorage, StorageError
+from backend.sources.token_check import refused_download_hint
 from backend.sources.url_policy import AddressPolicy, AddressRefused, GuardedAdapter, HostGuard
 
 logger = logging.getLogger(__name__)
+# label_studio_sdk logs every download's steps: "`localhost` is not accessible inside of docker containers" for
+# any Label Studio on localhost, "Download failed for proxy URL" before its own fallback that then succeeds. A
+# download that really fails reaches fetch() as an exception, which the caller logs once, with its task.
+logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io").setLevel(logging.CRITICAL)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
 
@@ -151,7 +156,8 @@ class ImageFetcher:
             raise ImageError(f"refused to download '{url[:200]}': {exc}") from None
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
-            raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}") from None
+            hint = f": {refused_download_hint(credentials.hostname)}" if status == 401 and kind != "http" else ""
+            raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}{hint}") from None
         except requests.Timeout:
             raise ImageError(f"downloading '{url[:200]}' timed out after {self._timeout:g} s") from None
         except DownloadTooLarge as exc:
