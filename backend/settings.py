@@ -22,8 +22,12 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the setting."""
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help}, repr=not secret)  # secrets stay out of repr() and logs
+
+
+# A secret's value may come from a file instead (Docker secrets): the setting named here holds its path.
+SECRET_FILES = {"basic_auth_pass": "basic_auth_pass_file", "label_studio_api_key": "label_studio_api_key_file"}
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,9 @@ class Settings:
     sam2_video_cache_frames: int = _setting(96, "Video frames whose SAM 2 image features stay in memory (LRU, about 17 MB each), so prompts on frames already tracked do not encode them again; 0 disables.")
     sam_prefetch: bool = _setting(False, "Compute SAM embeddings in the background when tasks are predicted, so the first click is fast.")
     # Label Studio and task data
-    label_studio_url: str = _setting("", "Label Studio URL for `/data/upload/...` images; empty uses the `hostname` sent in /setup.")
-    label_studio_api_key: str = _setting("", "Label Studio API key (legacy token or personal access token); empty uses the token sent in /setup.")
+    label_studio_url: str = _setting("", "Label Studio URL: where the backend reads `/data/upload/...` images and trains from, for every project; when set, the `hostname` sent in /setup is not used. Empty: each project's /setup `hostname` (trusted only from an authenticated or loopback caller).")
+    label_studio_api_key: str = _setting("", "Label Studio API key (legacy token or personal access token), sent only to LABEL_STUDIO_URL (setting it without LABEL_STUDIO_URL is a start-up error); empty uses the token sent in /setup.", secret=True)
+    label_studio_api_key_file: str = _setting("", "File holding LABEL_STUDIO_API_KEY (a Docker secret); set one or the other.")
     local_files_document_root: str = _setting("", "Root for `/data/local-files/?d=...` images; files outside it are refused. Empty downloads them from Label Studio.")
     cache_dir: str = _setting("~/.cache/ls-yolo-sam", "Downloaded images and the state /setup shares between workers.")
     download_timeout: float = _setting(30.0, "Seconds to wait for an image download.")
@@ -72,8 +77,10 @@ class Settings:
     storage_read: str = _setting("presign", "Cloud storage image URLs (`s3://`, `gs://`, `azure-blob://`): `presign` asks Label Studio to presign each; `direct` reads the bucket through fsspec with this process' own credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*; `pip install -e '.[remote]'`).")
     storage_options: str = _setting("", "JSON object of fsspec options for direct cloud storage reads, e.g. `{\"endpoint_url\": \"http://minio:9000\"}` for an S3-compatible store.")
     # Server
-    basic_auth_user: str = _setting("", "Basic auth user; with BASIC_AUTH_PASS, every endpoint requires it.")
-    basic_auth_pass: str = _setting("", "Basic auth password.")
+    basic_auth_user: str = _setting("", "Basic auth user; with BASIC_AUTH_PASS, every endpoint requires it (/health too). Neither set: protected mode, only loopback callers are answered (see docs/security.md).")
+    basic_auth_pass: str = _setting("", "Basic auth password (`--basic-auth-pass` works too, but other users see it in `ps`).", secret=True)
+    basic_auth_pass_file: str = _setting("", "File holding BASIC_AUTH_PASS (a Docker secret); set one or the other.")
+    allow_unauthenticated: bool = _setting(False, "Without basic auth, answer callers on other machines too (protected mode answers loopback only): anyone who reaches the port may then predict, train and connect the backend to their own Label Studio.")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
     workers: int = _setting(1, "gunicorn worker processes (`backend/gunicorn.conf.py`).")
     threads: int = _setting(4, "Threads per worker for blocking model calls.")
@@ -102,6 +109,11 @@ class Settings:
                 known = ", ".join(sorted(fields))
                 raise SettingsError(f"unknown setting '{key}'. Known settings: {known}")
             values[name] = _coerce(name, fields[name].type, raw)
+        for secret, file_setting in SECRET_FILES.items():
+            if values.get(file_setting):
+                if values.get(secret):
+                    raise SettingsError(f"set {secret.upper()} or {file_setting.upper()}, not both")
+                values[secret] = _read_secret(file_setting, values[file_setting])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -143,6 +155,9 @@ class Settings:
             raise SettingsError(str(exc)) from None
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.label_studio_api_key and not self.label_studio_url:
+            raise SettingsError("LABEL_STUDIO_API_KEY is set without LABEL_STUDIO_URL: set LABEL_STUDIO_URL to your "
+                                "Label Studio's address, the only host the key is ever sent to")
 
     @property
     def model_root_path(self) -> Path:
@@ -154,7 +169,8 @@ class Settings:
 
     def as_environ(self) -> dict[str, str]:
         """The settings as environment variables, for processes started from this one."""
-        return {f.name.upper(): _format(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name.upper(): "" if f.name in SECRET_FILES.values() else _format(getattr(self, f.name))
+                for f in dataclasses.fields(self)}  # the secrets themselves are passed, already read
 
 
 def _validate_training(settings: Settings) -> None:
@@ -189,6 +205,16 @@ def _coerce(name: str, annotation: Any, raw: Any) -> Any:
         return kind(text)
     except ValueError:
         raise SettingsError(f"setting {name.upper()} ({name}) wants a {kind.__name__}, got '{raw}'") from None
+
+
+def _read_secret(file_setting: str, path: str) -> str:
+    try:
+        value = Path(path).expanduser().read_text().rstrip("\r\n")  # a file written by `echo` ends in a newline
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{file_setting.upper()}={path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise SettingsError(f"{file_setting.upper()}={path} is empty")
+    return value
 
 
 def _format(value: Any) -> str:

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import cv2
 import pytest
+import starlette.testclient
 from fastapi.testclient import TestClient
 
 from backend.serving.app import build_services, create_app
 from backend.settings import Settings
 from tools.shapes_dataset import generate_image
+
+# Test clients call as a Label Studio on the same machine does: from loopback, which protected mode answers
+# (backend/serving/access.py). Tests of other callers pass `client=(address, port)`.
+_client_default = starlette.testclient.TestClient.__init__.__defaults__
+assert _client_default[-1] in (("testclient", 50000), ("127.0.0.1", 50000))
+starlette.testclient.TestClient.__init__.__defaults__ = (*_client_default[:-1], ("127.0.0.1", 50000))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"

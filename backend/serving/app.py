@@ -6,9 +6,6 @@ stack trace); the work itself runs in a thread pool through `Services`.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import logging
 import threading
@@ -30,6 +27,7 @@ from backend.models.yolo_files import is_downloadable_asset, model_exists
 from backend.prediction.predictor import PredictionConfigError
 from backend.training.model_choice import model_choice
 from formats.regions import prediction
+from backend.serving.access import AccessPolicy
 from backend.serving.services import Services, build_services
 from backend.settings import Settings
 from backend.interactive.video_prompts import has_video_prompts
@@ -127,6 +125,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # every other request (Label Studio's health check too), for as long as a large checkpoint takes.
         services = await anyio.to_thread.run_sync(get_services)
         services.start_loading_default_models()
+        logger.log(logging.WARNING if access.mode == "open" else logging.INFO, "%s", access.describe())
         yield
 
     app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None,
@@ -144,14 +143,17 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return state["services"]
 
     app.state.get_services = get_services
+    access = app.state.access = AccessPolicy.from_settings(settings)
 
     @app.middleware("http")
     async def protocol_guard(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's signature
         endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
         started = time.perf_counter()
-        if settings.basic_auth_user and not _authorized(request, settings):
-            response: Response = JSONResponse({"error": "authentication required"}, status_code=401,
-                                              headers={"WWW-Authenticate": 'Basic realm="ml-backend"'})
+        refusal = access.refusal(request)
+        if refusal is not None:  # /health too: Docker's HEALTHCHECK asks from inside the container (loopback)
+            access.log_refusal(refusal, request.method, request.url.path[:200])
+            headers = {"WWW-Authenticate": 'Basic realm="ml-backend"'} if refusal.status == 401 else None
+            response: Response = JSONResponse({"error": refusal.message}, status_code=refusal.status, headers=headers)
         else:
             try:
                 response = await call_next(request)
@@ -272,20 +274,6 @@ def _log_unknown_route(request: Request, status: int) -> None:
     logger.warning("%s %s: %s (HTTP %d). The backend answers /setup, /predict, /webhook, /health at its root: connect "
                    "its root URL in Label Studio (http://host:port, nothing after the port)",
                    request.method, request.url.path[:200], what, status)
-
-
-def _authorized(request: Request, settings: Settings) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    # bytes: compare_digest refuses str with non-ASCII characters
-    return hmac.compare_digest(user.encode(), settings.basic_auth_user.encode()) \
-        & hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
 
 
 def _check_model_paths(services: Services, config: LabelConfig) -> None:

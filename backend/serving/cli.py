@@ -102,7 +102,8 @@ def run_server(app, settings: Settings, sock: socket.socket, description: str) -
             if self.started and not self.should_exit:
                 logger.info("serving on %s", description)
 
-    server = AnnouncingServer(uvicorn.Config(app, log_level=settings.log_level.lower(), timeout_keep_alive=75))
+    server = AnnouncingServer(uvicorn.Config(app, log_level=settings.log_level.lower(), timeout_keep_alive=75,
+                                            proxy_headers=False))  # the caller is the socket peer (access.py)
     server.run(sockets=[sock])
     return 0 if server.started else 1
 
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.basic_auth_pass is not None:
+        logger.warning("--basic-auth-pass puts the password on the command line, where every user of this machine "
+                       "can read it (ps); set BASIC_AUTH_PASS or BASIC_AUTH_PASS_FILE instead")
     wrapper = watch_wrapper()
     status = check_models(settings) if args.check else serve(args, settings)
     if status and wrapper is not None:

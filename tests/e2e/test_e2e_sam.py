@@ -28,7 +28,8 @@ SAM_SEED = 5001
 def sam_backend(label_studio: LabelStudio, start_backend: StartBackend) -> Backend:
     if not (MODELS_DIR / SAM_CHECKPOINT).is_file():
         pytest.skip(f"models/{SAM_CHECKPOINT} not found (python -m tools.make_demo_models --only sam)")
-    return start_backend(SAM_WITH, env={"LABEL_STUDIO_API_KEY": label_studio.personal_access_token()})
+    return start_backend(SAM_WITH, env={"LABEL_STUDIO_URL": label_studio.url,
+                                            "LABEL_STUDIO_API_KEY": label_studio.personal_access_token()})
 
 
 @pytest.fixture(scope="module")

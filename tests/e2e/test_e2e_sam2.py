@@ -25,7 +25,8 @@ def sam2_backend(label_studio: LabelStudio, start_backend: StartBackend,
     checkpoint: Path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
     torch.save({"model": network.state_dict()}, checkpoint)
     return start_backend(("model_name=sam2", f"sam_checkpoint_file={checkpoint}", "out_mask=true"),
-                         env={"LABEL_STUDIO_API_KEY": label_studio.personal_access_token()})
+                         env={"LABEL_STUDIO_URL": label_studio.url,
+                              "LABEL_STUDIO_API_KEY": label_studio.personal_access_token()})
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ def test_a_box_on_a_video_frame_comes_back_as_a_sequence(label_studio: LabelStud
     checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
     torch.save({"model": network.state_dict()}, checkpoint)
     backend = start_backend(("model_name=sam2", f"sam_checkpoint_file={checkpoint}", f"sam2_track_frames={TRACK_FRAMES}"),
-                            env={"LABEL_STUDIO_API_KEY": label_studio.personal_access_token()})
+                            env={"LABEL_STUDIO_URL": label_studio.url,
+                                 "LABEL_STUDIO_API_KEY": label_studio.personal_access_token()})
     video = write_video(tmp_path / "sam2-track.mp4", seconds=0.4)
     client = label_studio.client
     project_id = client.create_project("e2e sam2 video", CONFIG)
