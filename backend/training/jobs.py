@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from backend.training.registry import project_dir, write_json_atomic
+
+logger = logging.getLogger("backend.training")
 
 ACTIVE = ("queued", "running")
 FINISHED = ("promoted", "rejected", "refused", "failed")
@@ -95,8 +98,8 @@ class JobBoard:
         job on the RQ queue has ended without recording it (its worker was killed)."""
         with self.locked(project) as state:
             if state.get("state") in ACTIVE and self._stale(state, queue_job_gone):
-                _finish(state, "failed", "the training process ended without a result (killed or crashed); "
-                                         "the previous model keeps serving")
+                _fail(state, "the training process ended without a result (killed or crashed); "
+                             "the previous model keeps serving")
             if state.get("state") in ACTIVE:
                 if state.get("rerun"):
                     return "absorbed"
@@ -137,7 +140,7 @@ class JobBoard:
         with self.locked(project) as state:
             if state.get("job_id") != job_id or state.get("state") not in ACTIVE:
                 return None
-            _finish(state, "failed", message)
+            _fail(state, message)
             if not state.pop("rerun", False):
                 return None
             return _requeue(state)
@@ -162,6 +165,13 @@ class JobBoard:
 
 def _finish(state: dict, outcome: str, message: str) -> None:
     state.update({"state": outcome, "phase": outcome, "message": message, "finished_at": time.time()})
+
+
+def _fail(state: dict, message: str) -> None:
+    """A job whose process ended without recording its end (killed, crashed, never started): an ERROR with the
+    reason in the log of the process that finds out, not only a line in /health and job.json."""
+    logger.error("training project %s failed: %s", state.get("project"), message)
+    _finish(state, "failed", message)
 
 
 def _requeue(state: dict) -> str:

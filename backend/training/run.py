@@ -81,7 +81,7 @@ def run_job(settings: Settings, spec: JobSpec, board: JobBoard) -> str | None:
         outcome, message, details = "failed", f"{type(exc).__name__}: {str(exc)[:300]}", {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log = logger.info if outcome in ("promoted", "rejected") else logger.warning
+    log = {"promoted": logger.info, "rejected": logger.info, "failed": logger.error}.get(outcome, logger.warning)
     log("training project %d: %s: %s (%.0f s)", spec.project, outcome, message, time.monotonic() - started)
     return board.finish(spec.project, spec.job_id, outcome, message, seconds=round(time.monotonic() - started, 1),
                         **details)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -91,8 +92,7 @@ class TrainingService:
                 self.board.note(spec.project, spec.job_id, rq_job=enqueue(self.settings.train_queue, spec))
             except Exception as exc:  # redis down: the job must not stay queued forever
                 message = f"cannot reach the training queue TRAIN_QUEUE={self.settings.train_queue}: {exc}"
-                logger.error("training project %d: %s", spec.project, message)
-                self.board.fail_if_unfinished(spec.project, spec.job_id, message)
+                self.board.fail_if_unfinished(spec.project, spec.job_id, message)  # logs it as an ERROR
             return
         threading.Thread(target=self._run_child, args=(spec,), name=f"train-p{spec.project}", daemon=True).start()
 
@@ -111,7 +111,7 @@ class TrainingService:
                                            env=env, cwd=Path(__file__).resolve().parents[2])
                 process.communicate(spec.to_json().encode())
                 code = process.returncode
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                how = f"was killed by signal {-code} ({_signal_name(-code)})" if code < 0 else f"exited with code {code}"
             except OSError as exc:
                 how = f"could not be started ({exc})"
             follow_up = self.board.fail_if_unfinished(
@@ -169,3 +169,10 @@ class TrainingService:
             lines += [f'{name}{{project="{project}"}} {value}' for metric, project, value in numbers
                       if metric == name and value is not None]
         return "\n".join(lines) + "\n"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
