@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from backend.settings import Settings, SettingsError
 from backend.serving.wrapper_watch import watch_wrapper
@@ -83,7 +84,9 @@ def check_models(settings: Settings) -> int:
     for setting, value in (("YOLO_DET_MODEL", settings.yolo_det_model), ("YOLO_SEG_MODEL", settings.yolo_seg_model)):
         try:
             model = services.yolo.get(ModelChoice(value, setting))
-            print(f"ok: {setting}={value} ({model.task}, {len(model.class_names)} classes, device {services.device})")
+            served = "" if model.path.name == Path(value).name else f" -> {model.path.name}"  # a demo stand-in
+            print(f"ok: {setting}={value}{served} ({model.task}, {len(model.class_names)} classes, "
+                  f"device {services.device})")
         except ModelPathError as exc:
             ok = False
             print(f"FAILED: {exc}")

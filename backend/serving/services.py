@@ -21,6 +21,7 @@ from backend.sources.token_check import TokenCheck
 from backend.serving.metrics import Metrics
 from backend.sources.object_storage import direct_storage
 from backend.models.cache import ModelCache, ModelPathError, select_device
+from backend.prediction.demo_stand_ins import DemoFallbackYoloModels
 from backend.prediction.predictor import BatchPredictor, YoloModels
 from backend.training.model_choice import ModelChoice, model_choice
 from backend.settings import Settings
@@ -106,8 +107,8 @@ class Services:
                              self.settings.model_root_path, choice.setting, DEMO_COMMAND)
                 continue
             self.model_errors.pop(choice.setting, None)
-            logger.info("%s=%s loaded: %s model, classes %s", choice.setting, choice.path_value, model.task,
-                        ", ".join(model.class_names[:20]) + (" ..." if len(model.class_names) > 20 else ""))
+            logger.info("%s=%s loaded (%s): %s model, classes %s", choice.setting, choice.path_value, model.path.name,
+                        model.task, ", ".join(model.class_names[:20]) + (" ..." if len(model.class_names) > 20 else ""))
 
     def start_loading_default_models(self) -> threading.Thread:
         thread = threading.Thread(target=self.load_default_models, name="load-default-models", daemon=True)
@@ -140,7 +141,7 @@ def build_services(settings: Settings) -> Services:
                            settings.max_download_bytes,
                            AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts),
                            direct_storage(settings))
-    yolo = YoloModels(settings, cache, device)
+    yolo = DemoFallbackYoloModels(settings, cache, device)
     metrics = Metrics()
     interactive = None
     box_segmenter = on_image = None

@@ -1,0 +1,79 @@
+"""Offline first start: the shipped demo models stand in for default YOLO models that cannot be downloaded.
+
+YOLO_DET_MODEL, YOLO_SEG_MODEL, YOLO_POSE_MODEL, YOLO_OBB_MODEL and YOLO_CLS_MODEL default to Ultralytics'
+yolov8n*.pt, which Ultralytics downloads on first use. When a setting is at its default, that file is not
+in MODEL_ROOT and cannot be downloaded (no internet), and the demo model of the same task is in MODEL_ROOT
+(the container image seeds /models with them), the demo model is served instead, and a WARNING says so once
+per process and setting. A model chosen on purpose (another value, `model_path`, a trained model) is never
+replaced: its failure stays an error naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+from backend.models.cache import ModelCache, ModelPathError
+from backend.models.yolo import YoloModel
+from backend.models.yolo_files import model_exists
+from backend.models.yolo_tasks import TaskYoloModel
+from backend.prediction.predictor import YoloModels
+from backend.settings import Settings
+from backend.training.model_choice import ModelChoice
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODELS = {
+    "YOLO_DET_MODEL": "demo-shapes-det.pt",
+    "YOLO_SEG_MODEL": "demo-shapes-seg.pt",
+    "YOLO_POSE_MODEL": "demo-shapes-pose.pt",
+    "YOLO_OBB_MODEL": "demo-shapes-obb.pt",
+    "YOLO_CLS_MODEL": "demo-shapes-cls.pt",
+}
+DEFAULTS = {f.name.upper(): f.default for f in dataclasses.fields(Settings) if f.name.upper() in DEMO_MODELS}
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def demo_stand_in(choice: ModelChoice, settings: Settings, error: ModelPathError) -> ModelChoice | None:
+    """The demo model to serve in place of `choice`, which failed to load with `error`; None when it may not."""
+    demo = DEMO_MODELS.get(choice.setting)
+    if demo is None or choice.path_value != DEFAULTS[choice.setting]:
+        return None
+    root = settings.model_root_path
+    if model_exists(root / choice.path_value) or not model_exists(root / demo):
+        return None  # a file that is there but broken is an error; without the demo model there is nothing to serve
+    with _warned_lock:
+        first = choice.setting not in _warned
+        _warned.add(choice.setting)
+    if first:
+        logger.warning("%s is %s (the default), which is not in MODEL_ROOT (%s) and could not be downloaded (%s): "
+                       "serving the demo model %s instead, which knows only synthetic shapes. Put %s in MODEL_ROOT or "
+                       "set %s to your model's file", choice.setting, choice.path_value, root, error, demo,
+                       choice.path_value, choice.setting)
+    return dataclasses.replace(choice, path_value=demo)
+
+
+class DemoFallbackYoloModels(YoloModels):
+    """YoloModels whose default models fall back to the demo models when they cannot be downloaded."""
+
+    def __init__(self, settings: Settings, cache: ModelCache, device: str) -> None:
+        super().__init__(settings, cache, device)
+        self._stand_ins: dict[ModelChoice, ModelChoice] = {}  # decided once per process: no download retries
+
+    def path(self, choice: ModelChoice) -> Path:
+        return super().path(self._stand_ins.get(choice, choice))
+
+    def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
+        choice = self._stand_ins.get(choice, choice)
+        try:
+            return super().get(choice)
+        except ModelPathError as exc:
+            stand_in = demo_stand_in(choice, self._settings, exc)
+            if stand_in is None:
+                raise
+            self._stand_ins[choice] = stand_in
+            return super().get(stand_in)
