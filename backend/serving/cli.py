@@ -80,6 +80,9 @@ def check_models(settings: Settings) -> int:
     except (ModelPathError, SettingsError, OSError) as exc:
         print(f"FAILED: {exc}")
         return 1
+    except RuntimeError as exc:
+        print(f"FAILED: {_torchvision_mismatch_or_raise(exc)}")
+        return 1
     ok = True
     for setting, value in (("YOLO_DET_MODEL", settings.yolo_det_model), ("YOLO_SEG_MODEL", settings.yolo_seg_model)):
         try:
@@ -93,6 +96,14 @@ def check_models(settings: Settings) -> int:
     if services.interactive is not None:
         print(f"ok: {services.interactive.describe()}")
     return 0 if ok else 1
+
+
+def _torchvision_mismatch_or_raise(exc: RuntimeError) -> str:
+    from backend.models.torch_versions import torchvision_mismatch
+
+    if (problem := torchvision_mismatch(exc)) is None:
+        raise exc
+    return problem
 
 
 def run_server(app, settings: Settings, sock: socket.socket, description: str) -> int:  # noqa: ANN001 - ASGI app
@@ -148,6 +159,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         except (ModelPathError, SettingsError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except RuntimeError as exc:
+            print(f"error: {_torchvision_mismatch_or_raise(exc)}", file=sys.stderr)
+            return 1
         description = (f"http://{args.host}:{args.port} (device {services.device}, "
                        f"models from {settings.model_root_path})")
         return run_server(create_app(settings, services), settings, sock, description)
