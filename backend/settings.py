@@ -48,6 +48,7 @@ class Settings:
     device: str = _setting("auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
     half: bool = _setting(False, "Half precision on CUDA.")
     model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
+    concept_model: str = _setting("", "SAM 3 checkpoint in MODEL_ROOT (Meta's `sam3.pt`, `pip install -e '.[sam3]'`) that answers every RectangleLabels/PolygonLabels/BrushLabels label no class of the control's YOLO model serves, prompted with the label's `predicted_values` or its value; empty: those labels get nothing.")
     # SAM (keys of OpenMMLab label_anything's command line)
     model_name: str = _setting("", "`sam`, `sam2` (or `sam2.1`), `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
     sam_config: str = _setting("", "SAM size: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `vit_tiny` (light SAM-HQ), `demo` (tiny demo SAM), SAM 2's `hiera_t`, `hiera_s`, `hiera_b+`, `hiera_l` (or Meta's names: `sam2.1_hiera_t`); empty reads it from the checkpoint.")

@@ -1,0 +1,153 @@
+"""SAM 3 pre-annotation from label names: regions equal Meta's Sam3Processor on the same (reduced, random) weights."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.sam3_reduced import CHECKPOINT, MetaReference, reduced_checkpoint, test_picture, threshold_keeping
+
+from backend.models.sam3 import load_sam3  # noqa: E402 - after sam3_reduced's importorskip
+from backend.prediction.concepts import label_phrases, mask_iou, merged_instances
+from formats.geometry import ls_rect_to_box
+from formats.rle import ls_rle_to_mask
+from formats.label_config import parse_label_config
+from formats.mask_crop import MaskCrop
+from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, config_xml, local_url
+
+PICTURE = "sam3_picture.png"
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sam3-models")
+    reduced_checkpoint(root)
+    for name in (DEMO_DET, DEMO_SEG):
+        shutil.copyfile(MODELS_DIR / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def meta(model_root: Path) -> MetaReference:
+    return MetaReference(model_root / CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def picture(image_root: Path) -> np.ndarray:
+    pixels = test_picture()
+    Image.fromarray(pixels).save(image_root / PICTURE)
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def client(make_client: Callable[..., TestClient], model_root: Path) -> TestClient:
+    return make_client(model_root=str(model_root), concept_model=CHECKPOINT)
+
+
+def predict(client: TestClient, config: str) -> dict:
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url(PICTURE)}}],
+                                             "label_config": config})
+    assert response.status_code == 200, response.text
+    return response.json()["results"][0]
+
+
+def regions_of(result: dict, control: str, label: str) -> list[dict]:
+    return [r for r in result["result"] if r["from_name"] == control and r["value"][r["type"]] == [label]]
+
+
+def brush_mask(region: dict) -> np.ndarray:
+    return ls_rle_to_mask(region["value"]["rle"], region["original_width"], region["original_height"])
+
+
+def test_text_prompts_give_meta_processor_masks_boxes_and_scores(client: TestClient, meta: MetaReference,
+                                                                  picture: np.ndarray) -> None:
+    cat = meta.text(picture, "cat", 0.0)
+    threshold = threshold_keeping(cat["scores"], 5)
+    config = config_xml(
+        f'<BrushLabels name="brush" toName="image" model_path="{CHECKPOINT}" model_score_threshold="{threshold}">'
+        '<Label value="cat"/><Label value="Pallet" predicted_values="wooden pallet"/></BrushLabels>',
+        f'<RectangleLabels name="rect" toName="image" model_path="{CHECKPOINT}" model_score_threshold="{threshold}">'
+        '<Label value="cat"/></RectangleLabels>')
+    result = predict(client, config)
+    height, width = picture.shape[:2]
+    for phrase, label in (("cat", "cat"), ("wooden pallet", "Pallet")):
+        expected = meta.text(picture, phrase, threshold)
+        brushes = regions_of(result, "brush", label)
+        assert len(brushes) == len(expected["scores"])
+        for region, mask, score in zip(brushes, expected["masks"], expected["scores"]):
+            assert np.array_equal(brush_mask(region), mask)
+            assert abs(region["score"] - score) < 1e-4
+    expected = meta.text(picture, "cat", threshold)
+    rectangles = regions_of(result, "rect", "cat")
+    assert len(rectangles) == 5
+    for region, box, score in zip(rectangles, expected["boxes"], expected["scores"]):
+        clipped = np.clip(box, 0, [width, height, width, height])
+        assert np.allclose(ls_rect_to_box(region["value"], width, height), clipped, atol=1e-3)
+        assert abs(region["score"] - score) < 1e-4
+    assert result["model_version"].startswith("sam3-reduced@")
+
+
+def test_phrases_of_one_label_are_merged_into_one_region_per_object(client: TestClient, meta: MetaReference,
+                                                                    model_root: Path, picture: np.ndarray) -> None:
+    threshold = threshold_keeping(meta.text(picture, "crate", 0.0)["scores"], 6)
+    config = config_xml(f'<PolygonLabels name="poly" toName="image" model_path="{CHECKPOINT}" '
+                        f'model_score_threshold="{threshold}"><Label value="Box" predicted_values="crate,carton"/>'
+                        '</PolygonLabels>')
+    crate, carton = (meta.text(picture, phrase, threshold) for phrase in ("crate", "carton"))
+    found = [MaskCrop.of(mask) for mask in (*crate["masks"], *carton["masks"])]
+    model = load_sam3(model_root / CHECKPOINT, "cpu")
+    embedding = model.embed(picture)
+    merged = [model.find(embedding, phrase, threshold) for phrase in ("crate", "carton")]
+    kept = merged_instances(merged, threshold)
+    assert len(crate["scores"]) <= len(kept) < len(found)  # the random model finds the same blobs for both phrases
+    for index, (_, crop, _) in enumerate(kept):
+        assert any(mask_iou(crop, other) == 1.0 for other in found)
+        assert all(mask_iou(crop, other[1]) < 0.5 for other in kept[index + 1:]) or len(crate["scores"]) > 1
+    for other in found:
+        assert max(mask_iou(other, crop) for _, crop, _ in kept) >= 0.5  # every object keeps a region
+    polygons = predict(client, config)["result"]
+    assert polygons and {r["value"]["polygonlabels"][0] for r in polygons} == {"Box"}
+
+
+def test_label_phrases_come_from_predicted_values_or_the_value() -> None:
+    control = parse_label_config(config_xml(
+        '<RectangleLabels name="rect" toName="image"><Label value="Dent"/>'
+        '<Label value="Pallet" predicted_values="wooden pallet, euro pallet"/></RectangleLabels>')).controls[0]
+    assert label_phrases(control, control.labels) == (("Dent", ("Dent",)), ("Pallet", ("wooden pallet", "euro pallet")))
+
+
+def test_example_box_gives_meta_add_geometric_prompt(meta: MetaReference, model_root: Path,
+                                                     picture: np.ndarray) -> None:
+    model = load_sam3(model_root / CHECKPOINT, "cpu")
+    embedding = model.embed(picture)
+    boxes = [([40.0, 30.0, 90.0, 70.0], True), ([120.0, 80.0, 160.0, 120.0], False)]
+    reference = meta.examples(picture, boxes, 0.0)
+    threshold = threshold_keeping(reference["scores"], 4)
+    expected = meta.examples(picture, boxes, threshold)
+    found = model.find_examples(embedding, np.array([box for box, _ in boxes]), [p for _, p in boxes], threshold)
+    assert len(found.scores) == len(expected["scores"]) == 4
+    assert np.allclose(found.boxes, expected["boxes"], atol=1e-4)
+    assert np.abs(found.scores - expected["scores"]).max() < 1e-4
+    for crop, mask in zip(found.crops, expected["masks"]):
+        assert np.array_equal(crop.full(), mask)
+
+
+def test_clicks_and_boxes_give_meta_interactive_predictor(meta: MetaReference, model_root: Path,
+                                                         picture: np.ndarray) -> None:
+    model = load_sam3(model_root / CHECKPOINT, "cpu")
+    embedding = model.embed(picture)
+    points, labels = np.array([[60.0, 50.0], [150.0, 100.0]]), np.array([1, 0])
+    masks, scores = model.decode(embedding, points, labels, None, multimask=True)
+    expected_masks, expected_scores = meta.click(picture, point_coords=points, point_labels=labels,
+                                                 multimask_output=True)
+    assert np.array_equal(masks, expected_masks) and np.abs(scores - expected_scores).max() < 1e-5
+    box = np.array([30.0, 20.0, 110.0, 90.0])
+    masks, scores = model.decode(embedding, None, None, box, multimask=False)
+    expected_masks, expected_scores = meta.click(picture, box=box, multimask_output=False)
+    assert np.array_equal(masks, expected_masks) and np.abs(scores - expected_scores).max() < 1e-5
