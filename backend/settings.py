@@ -45,6 +45,8 @@ class Settings:
     yolo_sam: bool = _setting(False, "Batch predictions: use YOLO boxes as SAM box prompts for masks (needs a SAM model).")
     polygon_tolerance: float = _setting(0.5, "Polygon simplification distance in pixels (also at least 0.1% of the outline length).")
     batch_size: int = _setting(8, "Images per YOLO forward pass in a multi-task /predict.")
+    predict_time_limit: float = _setting(90.0, "Seconds a /predict may take, below Label Studio's ML_TIMEOUT_PREDICT (100 s): tasks not reached by then (or after the client disconnected) get no prediction, which Label Studio asks for again later; one warning says how many.")
+    max_decoded_pixels: int = _setting(100_000_000, "Decoded image pixels one /predict holds at once (about 3 bytes each, plus Pillow's decoding buffer for the images being decoded): its tasks are decoded and predicted in groups under it; an image larger than it alone is predicted on its own.")
     device: str = _setting("auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
     half: bool = _setting(False, "Half precision on CUDA.")
     model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
@@ -68,7 +70,7 @@ class Settings:
     label_studio_api_key_file: str = _setting("", "File holding LABEL_STUDIO_API_KEY (a Docker secret); set one or the other.")
     local_files_document_root: str = _setting("", "Root for `/data/local-files/?d=...` images; files outside it are refused. Empty downloads them from Label Studio.")
     cache_dir: str = _setting("~/.cache/ls-yolo-sam", "Downloaded images and the state /setup shares between workers.")
-    download_timeout: float = _setting(30.0, "Seconds to wait for an image download.")
+    download_timeout: float = _setting(30.0, "Seconds an image download may take in all (not per read); PREDICT_TIME_LIMIT also ends it.")
     fetch_workers: int = _setting(8, "Images fetched concurrently in a multi-task /predict.")
     max_image_pixels: int = _setting(100_000_000, "Images with more pixels are refused (decompression bombs).")
     max_download_bytes: int = _setting(100_000_000, "Image downloads larger than this are abandoned (bytes, after gzip decoding).")
@@ -122,11 +124,12 @@ class Settings:
     def validate(self) -> None:
         if not 0.0 <= self.model_score_threshold <= 1.0:
             raise SettingsError("MODEL_SCORE_THRESHOLD must be between 0 and 1")
-        for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_download_bytes", "max_request_bytes", "workers", "threads"):
+        for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_download_bytes", "max_request_bytes", "workers",
+                     "threads", "max_decoded_pixels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1")
-        if self.video_time_limit <= 0:
-            raise SettingsError("VIDEO_TIME_LIMIT must be a positive number of seconds")
+        if self.video_time_limit <= 0 or self.predict_time_limit <= 0:
+            raise SettingsError("VIDEO_TIME_LIMIT and PREDICT_TIME_LIMIT must be positive numbers of seconds")
         if self.sam2_track_frames < 1 or self.sam2_video_cache_frames < 0:
             raise SettingsError("SAM2_TRACK_FRAMES must be at least 1 and SAM2_VIDEO_CACHE_FRAMES not negative")
         if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:

@@ -91,7 +91,7 @@ def test_one_broken_task_does_not_spoil_the_batch(client: TestClient) -> None:
     results = response.json()["results"]
     assert len(results) == len(tasks)
     assert results[0]["result"] and results[-1]["result"]
-    assert all(r["result"] == [] for r in results[1:-1])
+    assert results[1:-1] == [[]] * 5  # no prediction: Label Studio stores nothing and asks again later
 
 
 @pytest.mark.parametrize("body,status,message", [

@@ -174,10 +174,11 @@ def test_video_tracks_equal_ultralytics_track_frame_for_frame(client: TestClient
     assert [{**r, "id": None} for r in offline] == [{**r, "id": None} for r in regions]
 
 
-def test_unreadable_or_missing_video_is_an_empty_prediction(client: TestClient) -> None:
+def test_unreadable_or_missing_video_gets_no_prediction(client: TestClient) -> None:
     config = (CONFIGS / "demo-shapes-video.xml").read_text()
-    broken, missing = predict(client, config, [{"video": local_url("not-a-video.mp4")}, {"video": local_url("nope.mp4")}])
-    assert broken == [] and missing == []
+    tasks = [{"id": 1, "data": {"video": local_url("not-a-video.mp4")}}, {"id": 2, "data": {"video": local_url("nope.mp4")}}]
+    response = client.post("/predict", json={"tasks": tasks, "label_config": config})
+    assert response.status_code == 200 and response.json()["results"] == [[], []]
 
 
 @pytest.mark.parametrize("config_file, old, new, message", [

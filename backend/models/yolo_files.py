@@ -47,6 +47,23 @@ def model_exists(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and export_format(path) == "openvino")
 
 
+def not_a_model(path: Path) -> str | None:
+    """Why an existing file cannot be a model (checked from its name and first bytes, nothing loaded), or None.
+    Ultralytics would accept any name and fail only on the first prediction."""
+    if not path.is_file() or export_format(path) is not None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        return f"'{path.name}' cannot be read ({type(exc).__name__})"
+    # a checkpoint is a zip file (torch.save) or a pickle (older torch)
+    if path.suffix.lower() != ".pt" or not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        return (f"'{path.name}' is not a model: a YOLO model is a .pt checkpoint or an Ultralytics export "
+                f"(.onnx, .torchscript, .engine, *{OPENVINO_DIR_SUFFIX}/)")
+    return None
+
+
 def export_info(path: Path, setting: str) -> ExportInfo | None:
     """What an Ultralytics export's metadata says; None for checkpoints. Raises ModelPathError for an
     export that cannot be used here (no metadata, its runtime not installed)."""
@@ -82,6 +99,8 @@ def load_yolo(path: Path, setting: str) -> tuple[Any, ExportInfo | None]:
 
     if not model_exists(path) and not is_downloadable_asset(path.name):
         raise ModelPathError(f"{setting}: model file '{path}' does not exist (MODEL_ROOT is {path.parent})")
+    if problem := not_a_model(path):
+        raise ModelPathError(f"{setting}: {problem}")
     export = export_info(path, setting)
     try:
         return YOLO(str(path), task=export.task if export else None), export

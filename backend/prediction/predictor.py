@@ -12,17 +12,20 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 
 from backend.sources.images import ImageError, ImageFetcher, TaskImage
 from formats.label_config import Control, LabelConfig
+from backend.prediction.limits import PixelBudget, RequestLimits, TaskFailures, TaskNotPredicted, TaskQueue
 from backend.prediction.tasks import task_mismatch, task_regions
 from backend.sources.label_studio import Credentials
 from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
 from formats.mask_crop import MaskCrops
 from backend.models.yolo import Detections, PreparedBatch, YoloModel, preparing_thread
+from backend.models.yolo_track import VideoError
 from backend.models.yolo_tasks import TaskYoloModel
 from formats.regions import mask_regions, prediction, rectangle_region
 from backend.settings import Settings
@@ -114,88 +117,153 @@ class BatchPredictor:
         return files
 
     def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
-                model_version: str, project: object = None) -> list[dict]:
+                model_version: str, project: object = None, limits: RequestLimits | None = None) -> list[dict | list]:
+        """One prediction per task, in task order; a task that could not be predicted (its image, the request's
+        deadline, a disconnected client) gets an empty list instead, and one warning line says why."""
+        limits = limits or RequestLimits()
         plan = self.plan(config, project)
         videos = [control for control in config.prediction_controls if control.tag == "VideoRectangle"]
         if not plan and not videos:
             logger.info("the labeling config has no control to predict")
             return [prediction([], model_version) for _ in tasks]
-        data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
         regions: list[list[dict]] = [[] for _ in tasks]
-        size = self._settings.batch_size
-        chunks = [range(start, min(start + size, len(tasks))) for start in range(0, len(tasks), size)]
-        workers = max(1, min(self._settings.fetch_workers, size * len(data_keys)))
-        # A bounded pipeline: while one chunk of tasks runs through the models, the next is fetched,
-        # decoded and letterboxed; at most two chunks of images are held at a time. On CUDA that overlaps
-        # the forward passes; on CPU, where a forward pass keeps every core busy (and contention slows its
-        # thread team more than preparing in parallel saves), it overlaps building the regions, one thread.
-        overlap_forward = self._models.device.startswith("cuda")
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as fetch_pool, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare", initializer=preparing_thread) as prepare_pool:
-            def prepare(chunk: range) -> list[ModelBatch]:
-                return self._prepare_chunk(tasks, chunk, plan, data_keys, credentials, fetch_pool)
-
-            upcoming = None  # the first chunk is prepared in this thread: nothing runs meanwhile
-            for position in range(len(chunks)):
-                batches = upcoming.result() if upcoming is not None else prepare(chunks[position])
-                following = chunks[position + 1] if position + 1 < len(chunks) else None
-                upcoming = prepare_pool.submit(prepare, following) if following and overlap_forward else None
-                found = [self._infer(batch, tasks) for batch in batches]
-                if following and not overlap_forward:
-                    upcoming = prepare_pool.submit(prepare, following)
-                for batch, detections in zip(batches, found):
-                    self._batch_regions(batch, detections, regions)
+        failures = TaskFailures(len(tasks))
+        if plan:
+            self._predict_images(tasks, plan, credentials, limits, failures, regions)
         for control in videos:
             model_path = self._models.path(model_choice(control, self._settings, project))
             for task_index, task in enumerate(tasks):
-                regions[task_index].extend(self._video.task_regions(task, control, model_path, credentials))
-        return [prediction(task_regions, model_version) for task_regions in regions]
+                if task_index in failures:
+                    continue
+                try:
+                    if stop := limits.why_not():
+                        raise TaskNotPredicted(stop)
+                    regions[task_index].extend(self._video.task_regions(task, control, model_path, credentials))
+                except (ImageError, PermissionError, VideoError, TaskNotPredicted) as exc:
+                    failures.add(task_index, task_id(task), str(exc))
+        failures.log(limits.why_not())
+        return [[] if index in failures else prediction(found, model_version) for index, found in enumerate(regions)]
+
+    def _predict_images(self, tasks: list[dict], plan: dict[YoloModel, list[Control]], credentials: Credentials | None,
+                        limits: RequestLimits, failures: TaskFailures, regions: list[list[dict]]) -> None:
+        data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
+        queue = TaskQueue(len(tasks), self._settings.batch_size)
+        budget = PixelBudget(self._settings.max_decoded_pixels)
+        workers = max(1, min(self._settings.fetch_workers, self._settings.batch_size * len(data_keys)))
+        # A bounded pipeline: while one group of tasks runs through the models, the next is fetched,
+        # decoded and letterboxed; the decoded pixels of both together stay under MAX_DECODED_PIXELS. On
+        # CUDA that overlaps the forward passes; on CPU, where a forward pass keeps every core busy (and
+        # contention slows its thread team more than preparing in parallel saves), it overlaps building the
+        # regions, one thread.
+        overlap_forward = self._models.device.startswith("cuda")
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as fetch_pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare", initializer=preparing_thread) as prepare_pool:
+            def prepare() -> TaskGroup | None:
+                return self._prepare_group(tasks, queue, plan, data_keys, credentials, fetch_pool, budget, limits, failures)
+
+            group = prepare()  # the first group is prepared in this thread: nothing runs meanwhile
+            while group is not None:
+                upcoming = prepare_pool.submit(prepare) if overlap_forward else None
+                try:
+                    found = [self._infer(batch, tasks, failures) for batch in group.batches]
+                    upcoming = upcoming or prepare_pool.submit(prepare)
+                    for batch, detections in zip(group.batches, found):
+                        self._batch_regions(batch, detections, regions)
+                finally:
+                    budget.release(group.pixels)
+                group = upcoming.result()
 
     def _threshold(self, control: Control) -> float:
         return control.score_threshold if control.score_threshold is not None else self._settings.model_score_threshold
 
-    def _prepare_chunk(self, tasks: list[dict], chunk: range, plan: dict[YoloModel, list[Control]], data_keys: list[str],
-                       credentials: Credentials | None, fetch_pool: ThreadPoolExecutor) -> list[ModelBatch]:
-        """The chunk's images, fetched concurrently, as one letterboxed batch per model and image key."""
-        jobs = [(i, key) for i in chunk for key in data_keys]
-        def load(job: tuple[int, str]) -> TaskImage | None:
-            return self._load_image(tasks[job[0]], job[1], credentials)
-
-        images = dict(zip(jobs, fetch_pool.map(load, jobs) if len(jobs) > 1 else map(load, jobs)))
+    def _prepare_group(self, tasks: list[dict], queue: TaskQueue, plan: dict[YoloModel, list[Control]],
+                       data_keys: list[str], credentials: Credentials | None, fetch_pool: ThreadPoolExecutor,
+                       budget: PixelBudget, limits: RequestLimits, failures: TaskFailures) -> TaskGroup | None:
+        """The next tasks whose images fit the pixel budget, fetched concurrently, decoded, and letterboxed as
+        one batch per model and image key; None when no task is left (or the request must stop)."""
+        if stop := limits.why_not():
+            for index in queue.drain():
+                failures.add(index, task_id(tasks[index]), stop)
+            return None
+        fresh = queue.take_fresh()
+        located = fetch_pool.map(lambda index: self._locate(tasks[index], data_keys, credentials, limits), fresh)
+        for index, result in zip(fresh, located):
+            if isinstance(result, Exception):
+                failures.add(index, task_id(tasks[index]), str(result))
+            else:
+                queue.fetched(index, result)
+        chosen, pixels = queue.group_under(budget)
+        if not chosen:
+            return None if queue.empty else TaskGroup([], 0)
+        if not budget.acquire(pixels, give_up=lambda: limits.why_not() is not None):
+            for index, _ in chosen:
+                failures.add(index, task_id(tasks[index]), limits.why_not() or "stopped")
+            return TaskGroup([], 0)
+        jobs = [(index, key, source) for index, sources in chosen for key, (source, _) in sources.items()]
+        decoded = fetch_pool.map(lambda job: self._decode(tasks[job[0]], job[1], job[2]), jobs)
+        images: dict[tuple[int, str], TaskImage] = {}
+        for (index, key, _), image in zip(jobs, decoded):
+            if isinstance(image, Exception):
+                failures.add(index, task_id(tasks[index]), str(image))
+            else:
+                images[index, key] = image
         batches = []
         for model, controls in plan.items():
             for data_key in sorted({control.data_key for control in controls}):
-                items = [(i, images[i, data_key]) for i in chunk if images[i, data_key] is not None]
+                items = [(index, images[index, data_key]) for index, _ in chosen if index not in failures]
                 if not items:
                     continue
                 try:
                     prepared = model.prepare([image.pixels for _, image in items])
-                except Exception:  # one failing batch must not lose the other tasks
+                except Exception as exc:  # one failing batch must not lose the other tasks
                     logger.exception("YOLO preprocessing failed on tasks %s", [task_id(tasks[i]) for i, _ in items])
+                    for index, _ in items:
+                        failures.add(index, task_id(tasks[index]), f"YOLO preprocessing failed: {type(exc).__name__}")
                     continue
                 batches.append(ModelBatch(model, controls, data_key, items, prepared))
-        return batches
+        return TaskGroup(batches, pixels)
 
-    def _load_image(self, task: dict, key: str, credentials: Credentials | None) -> TaskImage | None:
+    def _locate(self, task: dict, data_keys: list[str], credentials: Credentials | None,
+                limits: RequestLimits) -> dict[str, tuple[Path | BytesIO, int]] | Exception:
+        """Each image of the task fetched (not decoded) with its pixel count; the first failure instead."""
         data = task.get("data") if isinstance(task, dict) else None
-        url = data.get(key) if isinstance(data, dict) else None
+        sources = {}
         try:
-            if not isinstance(url, str):
-                raise ImageError(f"task data has no '{key}' image URL")
-            image = self._fetcher.load(url, task.get("id"), credentials)
-        except (ImageError, PermissionError) as exc:
-            logger.warning("task %s: %s", task_id(task), exc)
-            return None
+            for key in data_keys:
+                if stop := limits.why_not():
+                    raise TaskNotPredicted(stop)
+                url = data.get(key) if isinstance(data, dict) else None
+                if not isinstance(url, str):
+                    raise ImageError(f"task data has no '{key}' image URL")
+                source = self._fetcher.locate(url, task.get("id"), credentials, limits.deadline)
+                sources[key] = (source, self._fetcher.pixel_count(source))
+        except (ImageError, PermissionError, TaskNotPredicted) as exc:
+            return exc
+        except Exception as exc:  # one broken task must not cost the batch
+            logger.exception("task %s: fetching its image failed", task_id(task))
+            return ImageError(f"fetching its image failed: {type(exc).__name__}")
+        return sources
+
+    def _decode(self, task: dict, key: str, source: Path | BytesIO) -> TaskImage | Exception:
+        try:
+            image = TaskImage(url=task["data"][key], pixels=self._fetcher.decode(source))
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # e.g. MemoryError for one huge image: the other tasks are still answered
+            logger.exception("task %s: decoding its image failed", task_id(task))
+            return ImageError(f"decoding its image failed: {type(exc).__name__}")
         if self._on_image is not None:
             self._on_image(image)
         return image
 
-    def _infer(self, batch: ModelBatch, tasks: list[dict]) -> list:
+    def _infer(self, batch: ModelBatch, tasks: list[dict], failures: TaskFailures) -> list:
         conf = min(self._threshold(control) for control in batch.controls)
         try:
             return batch.model.infer(batch.prepared, conf)
-        except Exception:  # one failing batch must not lose the other tasks
+        except Exception as exc:  # one failing batch must not lose the other tasks
             logger.exception("YOLO failed on tasks %s", [task_id(tasks[i]) for i, _ in batch.items])
+            for index, _ in batch.items:
+                failures.add(index, task_id(tasks[index]), f"YOLO failed: {type(exc).__name__}")
             return []
 
     def _batch_regions(self, batch: ModelBatch, detections: list, regions: list[list[dict]]) -> None:
@@ -227,6 +295,14 @@ class BatchPredictor:
 
 def task_id(task: object) -> object:
     return task.get("id") if isinstance(task, dict) else "?"
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """The model batches of tasks decoded together, and the decoded pixels they hold (of the request's budget)."""
+
+    batches: list[ModelBatch]
+    pixels: int
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Video pre-annotation: each task's video is fetched into the cache, tracked frame by frame, and each
-VideoRectangle gets one region per track. A task whose video cannot be used gets no regions and a
-warning; the other tasks are still answered.
+VideoRectangle gets one region per track. A task whose video cannot be used raises (ImageError,
+PermissionError, VideoError): the batch predictor gives it no prediction; the other tasks are still answered.
 
 Tracking runs inside the /predict request, so a long video is cut at VIDEO_TIME_LIMIT seconds (under
 Label Studio's ML_TIMEOUT_PREDICT, 100 s by default) with a warning naming the frames reached; for
@@ -18,7 +18,7 @@ from backend.sources.images import ImageError, ImageFetcher
 from formats.label_config import Control
 from backend.sources.label_studio import Credentials
 from backend.models.cache import ModelPathError, resolve_model_path
-from backend.models.yolo_track import BUILT_IN_TRACKERS, TrackOptions, VideoError, track_video
+from backend.models.yolo_track import BUILT_IN_TRACKERS, TrackOptions, track_video
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,15 +53,11 @@ class VideoPredictor:
         data = task.get("data") if isinstance(task, dict) else None
         url = data.get(control.data_key) if isinstance(data, dict) else None
         task_id = task.get("id") if isinstance(task, dict) else "?"
-        try:
-            if not isinstance(url, str):
-                raise ImageError(f"task data has no '{control.data_key}' video URL")
-            video = self._fetcher.fetch(url, task.get("id"), credentials)
-            info, frames = track(video, model_path, track_options(control, self._settings, self._device),
-                                 self._settings.video_time_limit)
-        except (ImageError, PermissionError, VideoError) as exc:
-            logger.warning("task %s: %s", task_id, exc)
-            return []
+        if not isinstance(url, str):
+            raise ImageError(f"task data has no '{control.data_key}' video URL")
+        video = self._fetcher.fetch(url, task.get("id"), credentials)
+        info, frames = track(video, model_path, track_options(control, self._settings, self._device),
+                             self._settings.video_time_limit)
         if not info.complete:
             logger.warning("task %s: tracking stopped after %d frames (%.1f s of video) at VIDEO_TIME_LIMIT=%g s; "
                            "the tracks cover those frames only. For long videos run `python -m tools.track_video` "

@@ -6,11 +6,12 @@ stack trace); the work itself runs in a thread pool through `Services`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +24,8 @@ from backend import __version__
 from formats.label_config import LabelConfig, LabelConfigError, parse_label_config
 from backend.sources.label_studio import Credentials
 from backend.models.cache import ModelPathError, resolve_model_path
-from backend.models.yolo_files import is_downloadable_asset, model_exists
+from backend.models.yolo_files import is_downloadable_asset, model_exists, not_a_model
+from backend.prediction.limits import RequestLimits
 from backend.prediction.predictor import PredictionConfigError
 from backend.training.model_choice import model_choice
 from formats.regions import prediction
@@ -134,6 +136,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     if services is not None:
         state["services"] = services
     services_lock = threading.Lock()
+    health_threads = anyio.CapacityLimiter(2)
 
     def get_services() -> Services:
         if "services" not in state:
@@ -191,7 +194,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             "sam": services.settings.model_name or None,
             "uptime_seconds": round(time.time() - services.started_at, 1),
             "label_studio_token_refused": services.token_check.problems() if services.token_check else {},
-            "training": await run_in_threadpool(services.training.status),
+            # its own thread limit: /predict requests waiting on stalled downloads hold all of THREADS
+            "training": await anyio.to_thread.run_sync(services.training.status, limiter=health_threads),
         }
 
     @app.post("/setup")
@@ -210,6 +214,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
+        limits = RequestLimits.starting_now(settings.predict_time_limit)  # from arrival: waiting for a thread counts
         payload = await read_json(request, settings.max_request_bytes)
         services = get_services()
         tasks = payload.get("tasks")
@@ -234,7 +239,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                                                        version)}
         try:
             await run_in_threadpool(services.report_config, config, project)
-            results = await run_in_threadpool(services.predictor.predict, tasks, config, credentials, version, project)
+            results = await _until_disconnected(request, limits, run_in_threadpool(
+                services.predictor.predict, tasks, config, credentials, version, project, limits))
         except (ModelPathError, PredictionConfigError) as exc:
             raise BadRequest(str(exc)) from None
         return {"results": results}
@@ -286,6 +292,25 @@ def _check_model_paths(services: Services, config: LabelConfig) -> None:
             raise BadRequest(str(exc)) from None
         if not model_exists(path) and not is_downloadable_asset(path.name):
             raise BadRequest(f"{choice.setting}: model file '{choice.path_value}' not found in MODEL_ROOT ({services.settings.model_root_path})")
+        if problem := not_a_model(path):
+            named, message = f"<{control.tag} name=\"{control.name}\">", f"{choice.setting}: {problem}"
+            raise BadRequest(message if named in message else f"{named}: {message}")
+
+
+async def _until_disconnected(request: Request, limits: RequestLimits, work: Awaitable[Any]) -> Any:
+    """`work`'s result; meanwhile a client that disconnects sets `limits.stopped`, so the work ends at its next task."""
+    async def watch() -> None:
+        # receive() after the body waits for the disconnect; is_disconnected() polls through the middleware's
+        # receive in a cancelled scope, which loses the message
+        while (await request.receive())["type"] != "http.disconnect":
+            await anyio.sleep(0.1)
+        limits.stopped.set()
+
+    watcher = asyncio.ensure_future(watch())  # not a task group: the work's own exception stays unwrapped
+    try:
+        return await work
+    finally:
+        watcher.cancel()
 
 
 def _refusal(request: Request, exc: BadRequest) -> JSONResponse:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,22 +62,54 @@ class DownloadTooLarge(requests.RequestException):
 
 class _LimitedSession(requests.Session):
     """Every request gets a timeout and, with a guard, connects only to addresses it allows; a successful
-    streamed body is read here, up to `max_bytes`."""
+    streamed body is read here, up to `max_bytes`. All requests of the session end by `deadline`
+    (time.monotonic): a server that trickles bytes slower than the per-read timeout is cut off there."""
 
-    def __init__(self, timeout: float, max_bytes: int, guard: HostGuard | None) -> None:
+    def __init__(self, timeout: float, max_bytes: int, guard: HostGuard | None, deadline: float) -> None:
         super().__init__()
         self._timeout = timeout
         self._max_bytes = max_bytes
+        self._deadline = deadline
+        self._sockets: list[socket.socket] = []
+        self.expired = False
         if guard is not None:
             for prefix in ("http://", "https://"):
                 self.mount(prefix, GuardedAdapter(guard))
+        for adapter in self.adapters.values():
+            manager = adapter.poolmanager
+            manager.pool_classes_by_scheme = {scheme: _tracking(pool, self._sockets)
+                                              for scheme, pool in manager.pool_classes_by_scheme.items()}
 
     def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
-        kwargs.setdefault("timeout", self._timeout)
-        response = super().request(method, url, **kwargs)
-        if kwargs.get("stream") and response.ok:
-            response._content = self._read_limited(response)  # what `response.content` then returns
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self.expired = True
+            raise requests.Timeout("no time left")
+        kwargs["timeout"] = min(kwargs.get("timeout") or self._timeout, remaining)
+        watchdog = threading.Timer(remaining, self._cut_off)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            response = super().request(method, url, **kwargs)
+            if kwargs.get("stream") and response.ok:
+                response._content = self._read_limited(response)  # what `response.content` then returns
+        except (requests.RequestException, OSError):
+            if self.expired:
+                raise requests.Timeout("deadline") from None
+            raise
+        finally:
+            watchdog.cancel()
+        if self.expired:  # a body without Content-Length ends at the cut; it is not the whole image
+            raise requests.Timeout("deadline")
         return response
+
+    def _cut_off(self) -> None:
+        self.expired = True
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+            except OSError:
+                pass
 
     def _read_limited(self, response: requests.Response) -> bytes:
         declared = response.headers.get("Content-Length", "")
@@ -87,6 +123,16 @@ class _LimitedSession(requests.Session):
                 response.close()
                 raise DownloadTooLarge(f"it is more than MAX_DOWNLOAD_BYTES={self._max_bytes} bytes")
         return bytes(body)
+
+
+def _tracking(pool_class: type, sockets: list) -> type:
+    """`pool_class` whose connections add their socket to `sockets` (so a deadline can cut them off)."""
+    class TrackedConnection(pool_class.ConnectionCls):
+        def connect(self) -> None:
+            super().connect()
+            sockets.append(self.sock)
+
+    return type(f"Tracked{pool_class.__name__}", (pool_class,), {"ConnectionCls": TrackedConnection})
 
 
 def url_kind(url: str) -> str:
@@ -128,8 +174,10 @@ class ImageFetcher:
         self._address_policy = address_policy
         self._storage = storage
 
-    def fetch(self, url: str, task_id: int | None, credentials: Credentials | None) -> Path:
-        """Local path of the image behind `url`, downloading it into the cache if needed."""
+    def fetch(self, url: str, task_id: int | None, credentials: Credentials | None,
+              deadline: float = float("inf")) -> Path:
+        """Local path of the image behind `url`, downloading it into the cache if needed. A download ends
+        within DOWNLOAD_TIMEOUT in all (not per read), and by `deadline` (time.monotonic) if that is sooner."""
         from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
 
         kind = url_kind(url)
@@ -141,10 +189,11 @@ class ImageFetcher:
         if kind in ("upload", "local-files", "cloud") and not (credentials and credentials.hostname and credentials.token):
             raise ImageError(f"cannot download '{url[:200]}': no Label Studio URL and API key "
                              "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
-        token = self._tokens.bearer_or_legacy(credentials) if credentials and credentials.token else None
+        ends = min(time.monotonic() + self._timeout, deadline)
+        token = self._access_token(credentials) if credentials and credentials.token else None
         self._cache_dir.mkdir(parents=True, exist_ok=True)
         guard = self._address_policy.guard(credentials.hostname if credentials else None) if self._address_policy else None
-        session = _LimitedSession(self._timeout, self._max_download_bytes, guard)
+        session = _LimitedSession(self._timeout, self._max_download_bytes, guard, ends)
         try:
             if guard is not None and kind == "http":
                 guard.check_url(url)  # before the SDK, whose download cache would answer without connecting
@@ -159,7 +208,9 @@ class ImageFetcher:
             hint = f": {refused_download_hint(credentials.hostname)}" if status == 401 and kind != "http" else ""
             raise ImageError(f"downloading '{url[:200]}' failed with HTTP {status}{hint}") from None
         except requests.Timeout:
-            raise ImageError(f"downloading '{url[:200]}' timed out after {self._timeout:g} s") from None
+            if ends < deadline or not session.expired:
+                raise ImageError(f"downloading '{url[:200]}' timed out after {self._timeout:g} s") from None
+            raise ImageError(f"downloading '{url[:200]}' was stopped at the request's deadline") from None
         except DownloadTooLarge as exc:
             raise ImageError(f"downloading '{url[:200]}' was abandoned: {exc}") from None
         except (requests.RequestException, OSError, ValueError) as exc:
@@ -167,6 +218,12 @@ class ImageFetcher:
         finally:
             session.close()
         return Path(path)
+
+    def _access_token(self, credentials: Credentials) -> str:
+        try:
+            return self._tokens.bearer_or_legacy(credentials)
+        except PermissionError as exc:  # Label Studio refused the token, or is unreachable
+            raise ImageError(str(exc)) from None
 
     def _local_file(self, url: str) -> Path:
         values = parse_qs(urlparse(url).query, keep_blank_values=True).get("d")
@@ -185,27 +242,88 @@ class ImageFetcher:
             raise ImageError(f"local file '{relative[:200]}' not found under LOCAL_FILES_DOCUMENT_ROOT")
         return path
 
-    def load(self, url: str, task_id: int | None, credentials: Credentials | None) -> TaskImage:
-        if self._storage is not None and url_kind(url) == "cloud":  # in memory: a bucket's images never fill the disk
+    def locate(self, url: str, task_id: int | None, credentials: Credentials | None,
+               deadline: float = float("inf")) -> Path | io.BytesIO:
+        """The image's bytes, not decoded: a file, or in memory for a bucket read directly (its images
+        never fill the disk)."""
+        if self._storage is not None and url_kind(url) == "cloud":
             with _as_image_error():
-                body = self._storage.read(url, self._max_download_bytes)
-            return TaskImage(url=url, pixels=self.decode(io.BytesIO(body)))
-        return TaskImage(url=url, pixels=self.decode(self.fetch(url, task_id, credentials)))
+                return io.BytesIO(self._storage.read(url, self._max_download_bytes))
+        return self.fetch(url, task_id, credentials, deadline)
+
+    def load(self, url: str, task_id: int | None, credentials: Credentials | None) -> TaskImage:
+        return TaskImage(url=url, pixels=self.decode(self.locate(url, task_id, credentials)))
+
+    def pixel_count(self, source: Path | io.BytesIO) -> int:
+        """Width x height from the image's header (nothing decoded); ImageError for what cannot be decoded."""
+        with self._opened(source) as image:
+            return image.size[0] * image.size[1]
+
 
     def decode(self, path: Path | io.BytesIO) -> np.ndarray:
         """RGB pixels with the EXIF orientation applied, as Label Studio displays the image."""
+        with self._opened(path) as image:
+            try:
+                return _browser_rgb(ImageOps.exif_transpose(image))
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    @contextmanager
+    def _opened(self, source: Path | io.BytesIO) -> Iterator[Image.Image]:
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
         try:
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > self._max_pixels:
-                    raise ImageError(f"image is {width}x{height}, more than MAX_IMAGE_PIXELS={self._max_pixels}")
-                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        except ImageError:
-            raise
-        # ImportError: once Ultralytics is imported, Image.open tries a HEIF plugin for files Pillow
-        # cannot identify, and that import fails where pi-heif is not installed.
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, ImportError) as exc:
+            image = _pillow_open(source)
+        except (Image.UnidentifiedImageError, ImportError):
+            raise ImageError(f"cannot decode image: the content is {_content_kind(source)}, not a raster image") from None
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
             raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None
+        with image:
+            width, height = image.size
+            if width * height > self._max_pixels:
+                raise ImageError(f"image is {width}x{height}, more than MAX_IMAGE_PIXELS={self._max_pixels}")
+            yield image
+
+
+def _pillow_open(source: Path | io.BytesIO) -> Image.Image:
+    """Pillow's own Image.open: Ultralytics replaces it, once imported, with one that tries to install and
+    import a HEIF plugin for every file Pillow cannot identify (and logs about it)."""
+    opener = Image.open
+    return getattr(sys.modules.get(opener.__module__), "_image_open", opener)(source)
+
+
+def _browser_rgb(image: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 as a browser shows the image: 16-bit values / 257, floats 0..1 times 255."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.asarray(image).astype(np.uint32)  # "I": 16-bit PNGs and TIFFs as Pillow opens some of them
+        gray = ((np.minimum(wide, 65535) + 128) // 257).astype(np.uint8)
+    elif image.mode == "F":
+        gray = (np.clip(np.nan_to_num(np.asarray(image)), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    else:
+        return np.asarray(image.convert("RGB"))
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _content_kind(source: Path | io.BytesIO) -> str:
+    """What a file that is not an image holds, named by its content type, from its first bytes."""
+    try:
+        if isinstance(source, io.BytesIO):
+            head, size = source.getvalue()[:512], len(source.getvalue())
+        else:
+            with open(source, "rb") as handle:
+                head = handle.read(512)
+            size = Path(source).stat().st_size
+    except OSError:
+        return "unreadable"
+    if size == 0:
+        return "empty (0 bytes)"
+    text = head.lstrip().lower()
+    for marker, kind in ((b"<svg", "image/svg+xml"), (b"<!doctype html", "text/html"),
+                         (b"<html", "text/html"), (b"<?xml", "application/xml"), (b"{", "application/json"),
+                         (b"%pdf", "application/pdf")):
+        if text.startswith(marker) or (marker == b"<svg" and marker in text):
+            return f"{kind} ({size} bytes)"
+    return f"application/octet-stream of an unknown format ({size} bytes)"
 
 
 @contextmanager

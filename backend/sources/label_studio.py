@@ -119,6 +119,9 @@ def _jwt_claims(token: str) -> dict | None:
     return claims if isinstance(claims, dict) else None
 
 
+FAILED_REFRESH_SECONDS = 10.0
+
+
 class AccessTokens:
     """Turns a personal access token (a JWT refresh token) into short-lived access tokens.
 
@@ -129,6 +132,7 @@ class AccessTokens:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        self._failures: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def bearer_or_legacy(self, credentials: Credentials) -> str:
@@ -140,11 +144,23 @@ class AccessTokens:
             cached = self._cache.get(key)
             if cached and cached[1] > time.time() + 30:
                 return cached[0]
-        response = requests.post(f"{credentials.hostname}/api/token/refresh/", json={"refresh": credentials.token},
-                                 timeout=self._timeout)
-        if response.status_code != 200:
-            raise PermissionError(f"Label Studio refused the personal access token ({response.status_code} from /api/token/refresh/)")
-        access = response.json().get("access", "")
+            failed = self._failures.get(key)
+            if failed and failed[1] > time.time():  # one failure answers the request's other tasks at once
+                raise PermissionError(failed[0])
+        try:
+            response = requests.post(f"{credentials.hostname}/api/token/refresh/", json={"refresh": credentials.token},
+                                     timeout=self._timeout)
+            if response.status_code != 200:
+                raise PermissionError(f"Label Studio refused the personal access token ({response.status_code} from "
+                                      "/api/token/refresh/)")
+            access = response.json().get("access", "")
+        except (requests.RequestException, ValueError, PermissionError) as exc:
+            message = str(exc) if isinstance(exc, PermissionError) else \
+                f"cannot refresh the personal access token at {credentials.hostname[:200]}: {type(exc).__name__}"
+            with self._lock:
+                self._failures[key] = (message, time.time() + FAILED_REFRESH_SECONDS)
+            raise PermissionError(message) from None
+
         expires = float((_jwt_claims(access) or {}).get("exp", time.time() + 60))
         with self._lock:
             self._cache[key] = (access, expires)
