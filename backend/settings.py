@@ -41,7 +41,7 @@ class Settings:
     yolo_cls_model: str = _setting("yolov8n-cls.pt", "YOLO classification model for Choices without `model_path`.")
     video_time_limit: float = _setting(80.0, "Seconds of tracking per video in a /predict, YOLO or SAM 2 (below Label Studio's ML_TIMEOUT_PREDICT, 100 s); a longer video gets the tracks of the frames reached, and a warning.")
     model_score_threshold: float = _setting(0.5, "Default minimum score of a predicted region (per control: `model_score_threshold`).")
-    yolo_imgsz: int = _setting(0, "Inference size; 0 uses the size each model was trained at.")
+    yolo_imgsz: int = _setting(0, "Inference size; 0 uses the size each model was trained at. A project's trained model always predicts at its TRAIN_IMGSZ.")
     yolo_sam: bool = _setting(False, "Batch predictions: use YOLO boxes as SAM box prompts for masks (needs a SAM model).")
     polygon_tolerance: float = _setting(0.5, "Polygon simplification distance in pixels (also at least 0.1% of the outline length).")
     batch_size: int = _setting(8, "Images per YOLO forward pass in a multi-task /predict.")
@@ -97,6 +97,7 @@ class Settings:
     train_threads: int = _setting(0, "CPU threads of the training process; 0: half the CPU cores. It also runs at a lower priority (nice).")
     train_queue: str = _setting("", "`redis://host:6379/0`: training jobs go to this RQ queue for `rq worker ls-yolo-train` (sharing MODEL_ROOT); empty: a local process.")
 
+    train_final_on_all: bool = _setting(True, "After the val split has chosen the epochs and the new model is promoted, train the served model again on every annotated picture for that many epochs (better on small projects; up to twice the time).")
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         """Environment first, then `--with` overrides; raises SettingsError on unknown keys or bad values."""

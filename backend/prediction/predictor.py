@@ -60,12 +60,12 @@ class YoloModels:
         kind = TaskYoloModel if choice.task_model else YoloModel
         # A file replaced under the same name (a retrained model) is loaded again, and the old one dropped.
         key = ("yolo-task" if choice.task_model else "yolo", str(path), file_fingerprint(path), self._device,
-               self._settings.half, self._settings.yolo_imgsz)
+               self._settings.half, imgsz)
         self._cache.discard(lambda other: other[:2] == key[:2] and other != key)
-        return self._cache.get(key, lambda: kind(path, choice.setting, self._device, self._settings.half,
-                                                 self._settings.yolo_imgsz))
+        return self._cache.get(key, lambda: kind(path, choice.setting, self._device, self._settings.half, imgsz))
 
 
+        imgsz = 0 if choice.trained else self._settings.yolo_imgsz  # 0: the size the model was trained at
 class BatchPredictor:
     def __init__(self, settings: Settings, models: YoloModels, fetcher: ImageFetcher,
                  box_segmenter: Callable[[TaskImage, np.ndarray], np.ndarray] | None = None,

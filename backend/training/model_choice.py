@@ -25,6 +25,7 @@ class ModelChoice:
     path_value: str  # as written in the config or the settings
     setting: str  # where it came from, for error messages
     task_model: bool = False  # a pose, OBB or classification control's model (TaskYoloModel)
+    trained: bool = False  # the project's trained model: predicts at the size it was trained at, not YOLO_IMGSZ
 
 
 def model_choice(control: Control, settings: Settings, project: object = None) -> ModelChoice:
@@ -36,7 +37,7 @@ def model_choice(control: Control, settings: Settings, project: object = None) -
     promoted = promoted_version(settings, project) if project is not None and control.trainable else None
     if promoted is not None and serves_control(promoted.task, control):
         return ModelChoice(promoted.relative_path, f"trained model {promoted.name} of project {promoted.project}",
-                           task_setting is not None)
+                           task_setting is not None, trained=True)
     if task_setting is not None:
         if control.model_path:
             return ModelChoice(control.model_path, f"model_path on <{control.tag} name=\"{control.name}\">", True)
