@@ -26,7 +26,7 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from formats.geometry import mask_to_ls_rle  # noqa: E402
+from formats.rle import mask_to_ls_rle  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 1920, 1080

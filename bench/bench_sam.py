@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from formats.geometry import mask_to_ls_rle
+from formats.rle import mask_to_ls_rle
 from backend.sources.images import ImageFetcher
 from backend.interactive.sam import InteractivePredictor
 from formats.label_config import parse_label_config

@@ -14,8 +14,9 @@ from typing import IO
 
 import numpy as np
 
-from formats.geometry import BoxXYXY, coco_rle_area, coco_rle_box, mask_to_coco_rle, polygon_area
-from formats.ls_export import BrushRegion, PolygonRegion, Region
+from formats.geometry import BoxXYXY, polygon_area
+from formats.rle import coco_rle_area, coco_rle_box, mask_to_coco_rle
+from formats.export_regions import BrushRegion, PolygonRegion, Region
 
 
 def coco_image(image_id: int, file_name: str, width: int, height: int, **extra: object) -> dict:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from formats.geometry import BoxXYXY, mask_to_box, mask_to_ls_rle, mask_to_polygons, mask_window_to_ls_rle
+from formats.geometry import BoxXYXY, mask_to_box, mask_to_polygons
+from formats.rle import mask_to_ls_rle, mask_window_to_ls_rle
 
 
 @dataclass(frozen=True)

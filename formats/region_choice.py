@@ -19,7 +19,8 @@ import numpy as np
 
 from formats.geometry import BoxXYXY, mask_to_box
 from formats.coco import points_box
-from formats.ls_export import BrushRegion, PolygonRegion, Region, Summary
+from formats.ls_export import Summary
+from formats.export_regions import BrushRegion, PolygonRegion, Region
 
 KIND_PREFERENCE = {"segment": ("polygon", "brush", "rectangle"), "detect": ("rectangle", "polygon", "brush")}
 SAME_OBJECT_IOU = 0.5

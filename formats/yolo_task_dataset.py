@@ -1,4 +1,4 @@
-"""Label Studio tasks -> Ultralytics classification, pose and OBB datasets (the other half of tools.ls_to_yolo).
+"""Label Studio tasks -> Ultralytics classification, pose and OBB datasets (the other half of formats.yolo_dataset).
 
 - classify: the task's Choices (one choice per image; tasks with none or several are left out),
   written as Ultralytics' folders `train/<class>/<image>`, `val/<class>/<image>`; class names sorted,
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from formats.label_config import LabelConfig, LabelConfigError, parse_label_config
-from tools.convert_to_rle_mask_coco import ConversionError
-from formats.ls_export import ConvertedTask, RectangleRegion, Selection, Summary, chosen_results
+from formats.conversion import ConversionError
+from formats.ls_export import ConvertedTask, Selection, Summary, chosen_results
+from formats.export_regions import RectangleRegion
 from formats.yolo_pose import PoseSchema, PoseSchemaError, group_keypoints, pose_line, pose_schema
 
 TASK_KINDS = ("classify", "pose", "obb")

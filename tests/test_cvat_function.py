@@ -24,10 +24,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.serving.app import build_services, create_app
-from formats.geometry import ls_rect_corners, ls_rect_to_box, ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
+from formats.geometry import (ls_rect_corners, ls_rect_to_box, ls_rect_to_cvat_rectangle, mask_to_cvat_rle,
+                              percent_to_pixels)
+from formats.rle import ls_rle_to_mask
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, REPO_ROOT, SHAPES_SEEDS, demo_settings, local_url
 from tests.fake_cvat import FakeCvat, FakeTask
-from tools.annotate_dir import label_config_xml
+from tools.annotate_options import label_config_xml
 from tools.cvat_function import BackendDetectionFunction, CvatFunctionError, create
 from tools.shapes_dataset import CLASS_NAMES, generate_image
 

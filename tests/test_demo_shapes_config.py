@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.serving.app import build_services, create_app
-from formats.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from formats.geometry import ls_rect_to_box, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from formats.rle import ls_rle_to_mask
 from formats.label_config import parse_label_config
 from backend.settings import Settings
 from tests.conftest import MODELS_DIR, REPO_ROOT, SHAPES_SEEDS, demo_settings, local_url

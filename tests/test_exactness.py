@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from ultralytics import YOLO
 
-from formats.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, percent_to_pixels, polygons_to_mask
+from formats.geometry import ls_rect_to_box, mask_iou, percent_to_pixels, polygons_to_mask
+from formats.rle import ls_rle_to_mask
 from backend.models.yolo import INFERENCE_THREADS
 from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_DET, DEMO_SEG, MODELS_DIR, SHAPES_SEEDS, local_url
 from tools.crowded_shapes import crowded_image

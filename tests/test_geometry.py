@@ -7,24 +7,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from formats.geometry import (
-    box_to_ls_rect,
-    coco_rle_area,
-    coco_rle_box,
-    coco_rle_to_mask,
-    ls_rect_corners,
-    ls_rect_to_box,
-    ls_rle_to_mask,
-    mask_iou,
-    mask_to_box,
-    mask_to_coco_rle,
-    mask_to_ls_rle,
-    mask_to_polygons,
-    percent_to_pixels,
-    pixels_to_percent,
-    polygon_area,
-    polygons_to_mask,
-)
+from formats.geometry import (box_to_ls_rect, ls_rect_corners, ls_rect_to_box, mask_iou, mask_to_box,
+                              mask_to_polygons, percent_to_pixels, pixels_to_percent, polygon_area, polygons_to_mask)
+from formats.rle import coco_rle_area, coco_rle_box, coco_rle_to_mask, ls_rle_to_mask, mask_to_coco_rle, mask_to_ls_rle
 
 
 def random_masks(count: int, seed: int = 0):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from formats.geometry import mask_to_box, mask_to_ls_rle, mask_to_polygons
+from formats.geometry import mask_to_box, mask_to_polygons
+from formats.rle import mask_to_ls_rle
 from formats.mask_crop import MaskCrop, MaskCrops
 
 # (height, width, x0, y0, crop height, crop width): corners, full width, one column short of it, single pixels

@@ -19,7 +19,8 @@ from tests.conftest import DEMO_SEG, MODELS_DIR, demo_settings, local_url
 from tests.fake_label_studio_api import PROJECT_ID, TOKEN, FakeLabelStudioAPI
 from tests.s3_stand_in import moto_s3
 from tests.test_preannotate import CONFIG, FAST_RETRY, assert_same_regions, without_ids
-from tools.annotate_dir import AnnotateError, AnnotateOptions, annotate, main
+from tools.annotate_dir import annotate, main
+from tools.annotate_options import AnnotateError, AnnotateOptions
 from tools.preannotate.__main__ import job_settings
 from tools.preannotate.job import JobOptions, run_local
 from tools.remote_files import RemoteImages, RootError, image_root, parse_option_pairs

@@ -18,7 +18,8 @@ from segment_anything import SamPredictor
 
 from backend.serving.cli import check_models
 from backend.serving.app import Services, build_services, create_app
-from formats.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from formats.geometry import ls_rect_to_box, mask_iou, mask_to_box, percent_to_pixels, polygons_to_mask
+from formats.rle import ls_rle_to_mask
 from backend.sources.images import ImageFetcher
 from backend.interactive.sam import RecentImages
 from backend.sources.label_studio import AccessTokens

@@ -12,10 +12,12 @@ import pytest
 from pycocotools.coco import COCO
 
 from backend.serving.app import build_services
-from formats.geometry import ls_rle_alpha, mask_iou
+from formats.geometry import mask_iou
+from formats.rle import ls_rle_alpha
 from formats.label_config import parse_label_config
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
-from tools.annotate_dir import AnnotateError, AnnotateOptions, annotate, annotate_settings, label_config_xml, local_files_url, main
+from tools.annotate_dir import annotate, main
+from tools.annotate_options import AnnotateError, AnnotateOptions, annotate_settings, label_config_xml, local_files_url
 from tools.shapes_dataset import CLASS_NAMES, generate_image
 
 SEEDS = range(6000, 6006)

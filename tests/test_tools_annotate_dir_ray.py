@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import DEMO_SEG, MODELS_DIR
 from tests.test_tools_annotate_dir import images_dir  # noqa: F401 - fixture
-from tools.annotate_dir import AnnotateOptions, annotate
+from tools.annotate_dir import annotate
+from tools.annotate_options import AnnotateOptions
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow

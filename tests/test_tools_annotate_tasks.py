@@ -18,7 +18,8 @@ from formats.geometry import ls_rect_corners
 from formats.label_config import parse_label_config
 from tests.conftest import DEMO_DET, MODELS_DIR
 from tests.test_task_predict import CONF, CONFIGS, SEEDS, ultralytics_results
-from tools.annotate_dir import AnnotateOptions, annotate, annotate_settings, local_files_url, main
+from tools.annotate_dir import annotate, main
+from tools.annotate_options import AnnotateOptions, annotate_settings, local_files_url
 from tools.annotate_videos import video_label_config
 from tools.shapes_dataset import generate_image
 from tools.shapes_tasks import generate_classify_image, generate_obb_image, generate_pose_image, write_video

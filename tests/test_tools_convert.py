@@ -14,9 +14,12 @@ from formats.geometry import mask_to_box, polygon_area
 from tests.fake_label_studio import FakeLabelStudio
 from tests.tools_exports import (annotation, brush_result, polygon_result, rectangle_result, result, shapes_tasks, task,
                                  upload_image, write_export)
-from tools.convert_to_rle_mask_coco import ConversionError, ConvertOptions, convert, main
+from backend.sources.export_downloads import ExportDownloader
+from formats.coco_dataset import convert
+from formats.conversion import ConversionError, ConvertOptions
+from formats.export_images import ImageSources
 from formats.ls_export import Selection
-from backend.sources.export_images import ImageSources
+from tools.convert_to_rle_mask_coco import main
 from tools.shapes_dataset import CLASS_NAMES
 
 
@@ -193,7 +196,8 @@ def test_images_are_found_by_original_name_or_downloaded_with_an_api_key(tmp_pat
                                                 task(2, served, [annotation(box)])])
 
     with FakeLabelStudio({"upload/3/abcdef12-remote.png": remote_bytes}, "secret") as fake:
-        sources = ImageSources(tmp_path / "empty", image_root=originals, ls_url=fake.url, api_key="secret", timeout=5)
+        sources = ImageSources(tmp_path / "empty", image_root=originals, ls_url=fake.url, api_key="secret", timeout=5,
+                               downloader=ExportDownloader)
         coco_dict, summary = run(export, tmp_path / "out", tmp_path / "empty", sources=sources)
 
     assert summary.images == {"copied": 1, "downloaded": 1}
@@ -247,7 +251,7 @@ def test_tasks_whose_image_could_not_be_copied_are_left_out_of_the_coco_file(tmp
             dict(present[1], id=91, data={"image": "https://127.0.0.1:9/unreachable.png"})]
     export = write_export(tmp_path / "e.json", [gone[0], present[0], gone[1], present[1]])
 
-    coco_dict, summary = run(export, tmp_path / "out", ls_dir, sources=ImageSources(ls_dir, timeout=2))
+    coco_dict, summary = run(export, tmp_path / "out", ls_dir, sources=ImageSources(ls_dir, timeout=2, downloader=ExportDownloader))
 
     assert [image["ls_task_id"] for image in coco_dict["images"]] == [7, 8]
     assert all((tmp_path / "out" / "images" / image["file_name"]).is_file() for image in coco_dict["images"])
@@ -264,7 +268,7 @@ def test_tasks_whose_image_could_not_be_copied_are_left_out_of_the_coco_file(tmp
 
 
 def test_label_studio_default_folders_and_unique_image_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend.sources.export_images import default_local_files_root, default_ls_data_dir
+    from formats.export_images import default_local_files_root, default_ls_data_dir
 
     for name in ("LABEL_STUDIO_BASE_DATA_DIR", "HEARTEX_BASE_DATA_DIR", "BASE_DATA_DIR", "XDG_DATA_HOME"):
         monkeypatch.delenv(name, raising=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, encode_rle
 
-from formats.geometry import ls_rle_alpha, mask_to_ls_rle
+from formats.rle import ls_rle_alpha, mask_to_ls_rle
 
 
 def sdk_alpha(rle: list[int], width: int, height: int) -> np.ndarray:

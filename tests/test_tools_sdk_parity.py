@@ -11,8 +11,9 @@ from label_studio_sdk.converter import Converter
 
 from formats.geometry import ls_rect_to_box
 from tests.tools_exports import annotation, polygon_result, rectangle_result, result, task, upload_image, write_export
-from tools.convert_to_rle_mask_coco import ConvertOptions, convert
-from backend.sources.export_images import ImageSources
+from formats.coco_dataset import convert
+from formats.conversion import ConvertOptions
+from formats.export_images import ImageSources
 
 LABELS = ("bird", "cat", "dog")  # sorted: the SDK numbers categories in sorted order
 CONFIG = ('<View><Image name="image" value="$image"/>'

@@ -11,9 +11,10 @@ import yaml
 from formats.geometry import mask_iou, mask_to_box, mask_to_polygons, polygons_to_mask
 from tests.tools_exports import (annotation, brush_result, polygon_result, rectangle_result, shapes_tasks, task, upload_image,
                                  write_export)
-from tools.convert_to_rle_mask_coco import ConversionError, ConvertOptions
-from backend.sources.export_images import ImageSources
-from tools.ls_to_yolo import YoloOptions, export_yolo, main, split_names, write_yolo_dataset
+from formats.conversion import ConversionError, ConvertOptions
+from formats.export_images import ImageSources
+from formats.yolo_dataset import YoloOptions, export_yolo, split_names, write_yolo_dataset
+from tools.ls_to_yolo import main
 from tools.shapes_dataset import CLASS_NAMES, generate_image
 
 

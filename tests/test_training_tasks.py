@@ -22,7 +22,7 @@ from backend.training.tasks import METRICS
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, local_url
 from tests.task_training_data import CONFIGS, RENAMES, annotated_tasks, renamed_config, renamed_results
 from tests.training_stand_in import TOKEN, TrainingLabelStudio
-from tools.ls_to_yolo import write_yolo_dataset
+from formats.yolo_dataset import write_yolo_dataset
 from tools.shapes_tasks import generate_classify_image, generate_obb_image, generate_pose_image
 
 pytestmark = pytest.mark.slow
@@ -50,9 +50,10 @@ def settings_for(root: Path, images: Path) -> Settings:
 
 def run_training(settings: Settings, project: int, ls: TrainingLabelStudio) -> dict:
     board = JobBoard(settings.model_root_path)
-    assert board.request(project, "test") == "queued"
-    run_job(settings, JobSpec(project, board.state(project)["job_id"], ls.url, TOKEN), board)
-    return board.state(project)
+    uid = f"{project}.1700000000"  # the stand-in's created_at
+    assert board.request(uid, "test") == "queued"
+    run_job(settings, JobSpec(uid, board.state(uid)["job_id"], ls.url, TOKEN), board)
+    return board.state(uid)
 
 
 def stand_in(task: str, project: int, config: str) -> TrainingLabelStudio:
@@ -90,7 +91,7 @@ def test_task_project_trains_scores_by_its_metric_and_is_served_by_its_model(
         state = run_training(settings_for(model_root, held_out_images), project, ls)
     assert state["state"] == "promoted", state
     assert f"val {METRICS[task]} new" in state["message"]
-    card = ProjectModels(model_root, project).card(1)
+    card = ProjectModels(model_root, f"{project}.1700000000").card(1)
     assert card["task"] == task and card["metric"] == METRICS[task] and card["map_previous"] == 0.0
     assert set(card["classes"]) == set(RENAMES[task].values()) and card["images"] == len(TRAIN_SEEDS)
     assert card["base_model"] == {"classify": "demo-shapes-cls.pt", "pose": "demo-shapes-pose.pt",
@@ -117,7 +118,7 @@ def test_a_base_model_of_the_wrong_task_is_refused_in_one_sentence(model_root: P
     assert state["message"] == (f"the labeling config trains a YOLO classify model but its base model {DEMO_DET} is "
                                 "a detect model: set the control's model_path to a classify model")
     assert ls.requests["/api/projects/34/export"] == 1 and not any(p.startswith("/data/upload") for p in ls.requests)
-    assert ProjectModels(model_root, 34).versions() == []
+    assert ProjectModels(model_root, "34.1700000000").versions() == []
 
 
 @pytest.mark.parametrize("task, model, floor", [("classify", "demo-shapes-cls.pt", 0.95), ("pose", "demo-shapes-pose.pt", 0.3),

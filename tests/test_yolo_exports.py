@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from formats.geometry import ls_rect_to_box, ls_rle_to_mask, mask_iou
+from formats.geometry import ls_rect_to_box, mask_iou
+from formats.rle import ls_rle_to_mask
 from backend.models import yolo_files
 from backend.models.cache import ModelPathError, resolve_model_path
 from backend.models.yolo import YoloModel

@@ -17,6 +17,7 @@ from formats.label_config import parse_label_config
 from tests.conftest import MODELS_DIR, local_url
 from tests.task_training_data import CONFIGS, annotated_tasks, pose_results
 from tests.test_task_predict import SEEDS, client, task_root  # noqa: F401 - the demo pictures and backend as fixtures
+from formats import yolo_dataset
 from tools import ls_to_yolo
 from formats.yolo_pose import group_keypoints, pose_schema
 
@@ -35,8 +36,8 @@ def predicted_tasks(client: TestClient, task: str, image_root: Path) -> tuple[li
     return tasks, paths
 
 
-def write(tasks: list[dict], out: Path, task: str) -> ls_to_yolo.Summary:
-    return ls_to_yolo.write_yolo_dataset(tasks, out, task=task, label_config=CONFIGS[task])
+def write(tasks: list[dict], out: Path, task: str) -> yolo_dataset.Summary:
+    return yolo_dataset.write_yolo_dataset(tasks, out, task=task, label_config=CONFIGS[task])
 
 
 def rows(labels: Path, stem: str) -> list[list[float]]:
@@ -164,7 +165,7 @@ def test_classify_dataset_has_one_folder_per_choice_and_skips_unclear_tasks(tmp_
         (tmp_path / name).write_bytes(data)
     tasks[0]["annotations"][0]["result"][0]["value"]["choices"] = ["Circle", "Square"]
     tasks[1]["annotations"][0]["result"] = []
-    summary = ls_to_yolo.write_yolo_dataset(tasks, tmp_path / "cls", task="classify", label_config=CONFIGS["classify"],
+    summary = yolo_dataset.write_yolo_dataset(tasks, tmp_path / "cls", task="classify", label_config=CONFIGS["classify"],
                                             val_fraction=0.3, seed=1)
     assert summary.categories == ["Circle", "Square", "Triangle"] and summary.tasks_converted == 8
     assert summary.tasks_skipped == {"several choices (classification takes one)": 1, "no choice": 1}

@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from formats.geometry import box_to_ls_rect, mask_to_box, mask_to_ls_rle, pixels_to_percent
+from formats.geometry import box_to_ls_rect, mask_to_box, pixels_to_percent
+from formats.rle import mask_to_ls_rle
 from tools.shapes_dataset import CLASS_NAMES, ShapesImage, generate_image
 
 UPLOAD_PROJECT = 3

@@ -25,7 +25,7 @@ from backend.models.yolo_tasks import TaskYoloModel
 from backend.prediction.predictor import PredictionConfigError
 from backend.training.model_choice import ModelChoice, model_choice
 from backend.settings import Settings
-from tools.annotate_dir import AnnotateError, label_config_xml
+from tools.annotate_options import AnnotateError, label_config_xml
 from formats.class_labels import CLASS_TAGS, ClassLabelsWriter
 from formats.coco import CocoWriter
 from formats.coco_keypoints import KeypointDecoder, coco_keypoint_categories, pose_categories

@@ -20,7 +20,7 @@ from formats.label_config import parse_label_config
 from backend.models.cache import ModelPathError
 from backend.models.yolo_track import VideoError
 from backend.settings import Settings
-from tools.annotate_dir import AnnotateError, AnnotateOptions, image_files, local_files_url
+from tools.annotate_options import AnnotateError, AnnotateOptions, image_files, local_files_url
 from tools.annotate_tasks import load_model
 from formats.ls_export import Summary
 from tools.track_video import video_controls, video_task

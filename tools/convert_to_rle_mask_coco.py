@@ -8,7 +8,8 @@ OpenMMLab label_anything's command line, made exact and complete: every image re
 skipped), one image entry per task, bbox and area from the pixels, stable category ids, images
 copied from Label Studio's media folder or downloaded, and a report of everything left out.
 Writes OUT/annotations/ann.json, OUT/images/ and, with --out_config, an MMDetection config.
-The export is streamed, so memory stays bounded however many tasks it holds.
+The export is streamed, so memory stays bounded however many tasks it holds. The conversion is
+formats/coco_dataset.py; images not on disk are downloaded by backend/sources/export_downloads.py.
 """
 
 from __future__ import annotations
@@ -22,107 +23,17 @@ if __name__ == "__main__" and not __package__:
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-from collections.abc import Callable, Iterable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
-from formats.label_config import LabelConfigError  # noqa: E402
-from formats.coco import CocoWriter, coco_categories, coco_image, region_annotation  # noqa: E402
-from formats.ls_export import (CategoryIndex, ExportError, ImagePlacement, Selection, Summary, convert_tasks,  # noqa: E402
-                             iter_export_tasks, label_config_classes, parse_class_list)
-from backend.sources.export_images import ExportImages, ImageLocator, ImageSources, default_local_files_root, default_ls_data_dir  # noqa: E402
-from formats.mmdet_config import MODELS, mmdet_config  # noqa: E402
-from formats.staging import staged_output  # noqa: E402
+from backend.sources.export_downloads import ExportDownloader  # noqa: E402
+from formats.coco_dataset import convert  # noqa: E402
+from formats.conversion import ConversionError, ConvertOptions  # noqa: E402
+from formats.export_images import ImageSources, default_local_files_root, default_ls_data_dir  # noqa: E402
+from formats.ls_export import Selection, Summary, parse_class_list  # noqa: E402
+from formats.mmdet_config import MODELS  # noqa: E402
 
 EXIT_ERROR = 1
 EXIT_STRICT = 3
-
-
-class ConversionError(Exception):
-    """A user error (bad input file, bad option); the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    json_file_path: Path
-    out_dir: Path
-    classes: tuple[str, ...] = ()
-    label_config: Path | None = None
-    out_config: str | None = None
-    ann_name: str = "ann"
-    selection: Selection = Selection()
-    image_key: str | None = None
-    sources: ImageSources | None = None  # None: Label Studio's defaults on this machine
-    progress: bool = False
-
-
-def write_coco(tasks: Iterable[dict], selection: Selection, categories: CategoryIndex, images: ImagePlacement,
-               image_key: str | None, ann_path: Path, work_dir: Path, info: dict) -> Summary:
-    """Convert `tasks` into the COCO file `ann_path`; images are placed by `images`."""
-    summary = Summary()
-    writer = CocoWriter(work_dir)
-    try:
-        for image_id, converted in enumerate(convert_tasks(tasks, selection, categories, images, image_key, summary), 1):
-            summary.tasks_converted += 1
-            writer.add_image(coco_image(image_id, converted.image.file_name, converted.width, converted.height,
-                                        ls_task_id=converted.task_id))
-            for region, category_id in converted.regions:
-                writer.add_annotation(region_annotation(region, writer.n_annotations + 1, image_id, category_id))
-        summary.categories = categories.names
-        writer.write(ann_path, coco_categories(summary.categories), info)
-    finally:
-        writer.close()
-    return summary
-
-
-def fixed_classes(options: ConvertOptions) -> tuple[list[str], str | None]:
-    """Category names fixed up front (--classes, else the labeling config) and the config's image key."""
-    config_names: list[str] = []
-    config_key = None
-    if options.label_config is not None:
-        try:
-            config_names, config_key = label_config_classes(options.label_config.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConversionError(f"cannot read the labeling config '{options.label_config}': {exc.strerror or exc}") from None
-        except LabelConfigError as exc:
-            raise ConversionError(f"labeling config '{options.label_config}': {exc}") from None
-        if not config_names:
-            raise ConversionError(f"labeling config '{options.label_config}' has no RectangleLabels, PolygonLabels or BrushLabels labels")
-    return (list(options.classes) or config_names), config_key
-
-
-def convert(options: ConvertOptions) -> Summary:
-    """Run the conversion; raises ConversionError for user errors, leaving no partial output."""
-    if options.out_config is not None and options.out_config not in MODELS:
-        raise ConversionError(f"--out_config must be one of {', '.join(MODELS)}")
-    if not options.ann_name or Path(options.ann_name).name != options.ann_name:
-        raise ConversionError(f"--ann_name must be a file name without folders, not '{options.ann_name}'")
-    if not options.json_file_path.is_file():
-        raise ConversionError(f"the export '{options.json_file_path}' does not exist")
-    names, config_key = fixed_classes(options)
-    sources = options.sources or ImageSources(default_ls_data_dir(), default_local_files_root())
-    ann_relative = f"annotations/{options.ann_name}.json"
-    try:
-        with staged_output(options.out_dir) as staging:
-            images = ExportImages(ImageLocator(sources, staging.work / "downloads"), staging.publish / "images")
-            tasks = iter_export_tasks(options.json_file_path, options.progress)
-            info = {"description": f"Label Studio export {options.json_file_path.name}, converted by convert_to_rle_mask_coco",
-                    "version": "1.0"}
-            summary = write_coco(tasks, options.selection, CategoryIndex(names), images,
-                                 options.image_key or config_key, staging.publish / ann_relative, staging.work, info)
-            summary.outputs.append(options.out_dir / ann_relative)
-            if options.out_config:
-                config_path = staging.publish / f"{options.out_config}.py"
-                config_path.write_text(mmdet_config(options.out_config, options.out_dir, ann_relative, "images/",
-                                                    summary.categories), encoding="utf-8")
-                summary.outputs.append(options.out_dir / config_path.name)
-    except ExportError as exc:
-        raise ConversionError(str(exc)) from None
-    except OSError as exc:
-        raise ConversionError(f"cannot write the dataset to '{options.out_dir}': {exc}") from None
-    return summary
-
-
-# ---------------------------------------------------------------- command line
 
 
 def add_image_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +70,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 def image_sources_from_args(args: argparse.Namespace) -> ImageSources:
     return ImageSources(ls_data_dir=(args.ls_data_dir or default_ls_data_dir()).expanduser(),
                         local_files_root=args.local_files_root or default_local_files_root(),
-                        image_root=args.image_root, ls_url=args.ls_url, api_key=args.api_key, timeout=args.timeout)
+                        image_root=args.image_root, ls_url=args.ls_url, api_key=args.api_key, timeout=args.timeout,
+                        downloader=ExportDownloader)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,11 +29,12 @@ import numpy as np
 import PIL.Image
 from cvat_sdk import models
 
-from formats.geometry import ls_rect_to_cvat_rectangle, ls_rle_to_mask, mask_to_cvat_rle, percent_to_pixels
+from formats.geometry import ls_rect_to_cvat_rectangle, mask_to_cvat_rle, percent_to_pixels
+from formats.rle import ls_rle_to_mask
 from formats.label_config import LabelConfig, parse_label_config
 from backend.settings import Settings
-from tools.annotate_dir import (SHAPE_TAGS, AnnotateError, AnnotateOptions, annotate_settings, label_config_xml, load_toml_settings,
-                               local_files_url)
+from tools.annotate_options import (SHAPE_TAGS, AnnotateError, AnnotateOptions, annotate_settings, label_config_xml,
+                                    load_toml_settings, local_files_url)
 
 try:  # cvat-cli reports a CriticalError as one line and exits 1; any other exception is a traceback
     from cvat_cli._internal.common import CriticalError

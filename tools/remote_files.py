@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from backend.sources.object_storage import ObjectStorage, StorageError, label_studio_url, parse_storage_options, storage_protocol
-from backend.sources.export_images import PlacedImage
+from formats.export_images import PlacedImage
 
 
 class RootError(Exception):

@@ -3,8 +3,8 @@
     python -m tools.train --json_file_path export.json --model yolov8n-seg.pt --out_dir runs/x \\
         [--label_config config.xml] [--epochs 50] [--imgsz 640] [--batch 16] [--device cpu|cuda:0] [image options]
 
-The same pipeline the backend runs on "Start Training": the dataset is written by tools.ls_to_yolo
-(latest non-cancelled annotation per task, seeded train/val split) into OUT/dataset, the model is
+The same pipeline the backend runs on "Start Training": the dataset is written as tools.ls_to_yolo
+writes it (latest non-cancelled annotation per task, seeded train/val split) into OUT/dataset, the model is
 fine-tuned from --model (its head is rebuilt for the export's labels, which become the model's class
 names), then it and --model are scored on the val split (mAP50-95; masks for a segmentation model, keypoints
 for pose, rotated boxes for OBB; top-1 accuracy for classification: the dataset follows --model's task). Writes
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from tools.convert_to_rle_mask_coco import (EXIT_ERROR, ConversionError, ConvertOptions, add_image_source_arguments,
-                                            add_selection_arguments, image_sources_from_args)
+from formats.conversion import ConversionError, ConvertOptions
 from formats.ls_export import Selection, parse_class_list
-from tools.ls_to_yolo import YoloOptions, export_yolo
+from formats.yolo_dataset import YoloOptions, export_yolo
+from tools.convert_to_rle_mask_coco import EXIT_ERROR, add_image_source_arguments, add_selection_arguments, image_sources_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

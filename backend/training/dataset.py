@@ -1,9 +1,9 @@
-"""A project's annotations as a YOLO dataset: Label Studio's API -> task images -> tools.ls_to_yolo.
+"""A project's annotations as a YOLO dataset: Label Studio's API -> task images -> formats.yolo_dataset.
 
 Tasks come from Label Studio's JSON export endpoint through label-studio-sdk (each task with its
 annotations, the same JSON a user exports); images are fetched by the backend's own ImageFetcher,
 exactly as predictions fetch them (uploads with the token, Local Storage, cloud presign, http), and
-the dataset is written by `tools.ls_to_yolo.write_yolo_dataset` from the latest non-cancelled
+the dataset is written by `formats.yolo_dataset.write_yolo_dataset` from the latest non-cancelled
 annotation of each task, with a seeded train/val split.
 """
 
@@ -18,9 +18,9 @@ from backend.sources.images import ImageError, ImageFetcher
 from formats.label_config import LabelConfig, LabelConfigError, parse_label_config
 from backend.sources.label_studio import Credentials
 from formats.ls_export import ExportError, iter_export_tasks, task_image_url
-from backend.sources.export_images import ImageSources
+from formats.export_images import ImageSources
 from backend.training.tasks import project_task, task_controls
-from tools.ls_to_yolo import write_yolo_dataset
+from formats.yolo_dataset import write_yolo_dataset
 from formats.yolo_task_dataset import TASK_KINDS
 
 logger = logging.getLogger(__name__)
@@ -55,21 +55,29 @@ class Dataset:
     report: str
 
 
-def read_project(credentials: Credentials | None, project: int, into: Path, timeout: float) -> ProjectData:
-    """The project's labeling config and its JSON export (every task with annotations), via the SDK."""
+def read_project(credentials: Credentials | None, uid: str, into: Path, timeout: float) -> ProjectData:
+    """The project's labeling config and its JSON export (every task with annotations), via the SDK; refused
+    when Label Studio's project of that id was created at another time than the uid says (another project)."""
     if credentials is None or not credentials.hostname or not credentials.token:
         raise DatasetError("no Label Studio URL and API key: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, "
                            "or connect the model from Label Studio so /setup sends them")
     from label_studio_sdk import LabelStudio
 
     client = LabelStudio(base_url=credentials.hostname, api_key=credentials.token, timeout=timeout)
+    project = int(uid.partition(".")[0])
     try:
         details = client.projects.get(id=project)
+        created = details.created_at
+        if created is None or f"{project}.{int(created.timestamp())}" != uid:
+            raise DatasetError(f"Label Studio at {credentials.hostname} has a project {project} created at {created}, "
+                               f"not the project {uid} this job was started for")
         into.mkdir(parents=True, exist_ok=True)
         export_path = into / "export.json"
         with export_path.open("wb") as handle:
             for chunk in client.projects.exports.download_sync(project, export_type="JSON", download_all_tasks=False):
                 handle.write(chunk)
+    except DatasetError:
+        raise
     except Exception as exc:  # the SDK raises ApiError, httpx and its own token errors
         raise DatasetError(describe_api_error(exc, credentials.hostname, project)) from None
     return ProjectData(str(details.title or ""), str(details.label_config or ""), export_path)
@@ -110,7 +118,7 @@ def build_dataset(data: ProjectData, fetcher: ImageFetcher, credentials: Credent
     task = trainable_task(config)
     controls = task_controls(config, task)
     image_key = controls[0].data_key
-    if task in TASK_KINDS:  # classes from the config as tools.ls_to_yolo reads them (pose: boxes and keypoints)
+    if task in TASK_KINDS:  # classes from the config as formats.yolo_dataset reads them (pose: boxes and keypoints)
         classes: tuple[str, ...] = ()
         from_names = [control.name for control in controls]
     else:
@@ -126,7 +134,7 @@ def build_dataset(data: ProjectData, fetcher: ImageFetcher, credentials: Credent
                                      val_fraction=VAL_FRACTION, seed=SPLIT_SEED, polygon_tolerance=polygon_tolerance)
     except ExportError as exc:
         raise DatasetError(f"Label Studio's export cannot be read: {exc}") from None
-    except Exception as exc:  # tools' ConversionError and OSError: the message says what
+    except Exception as exc:  # ConversionError and OSError: the message says what
         raise DatasetError(f"the dataset cannot be written: {exc}") from None
     classes = tuple(summary.categories) if task in TASK_KINDS else classes
     images = summary.tasks_converted

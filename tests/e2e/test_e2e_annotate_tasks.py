@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import MODELS_DIR
 from tests.e2e.conftest import SCORE_THRESHOLD, LabelStudio
 from tests.e2e.test_e2e_tasks import CONFIGS, SEEDS
-from tools.annotate_dir import AnnotateOptions, annotate
+from tools.annotate_dir import annotate
+from tools.annotate_options import AnnotateOptions
 from tools.shapes_tasks import generate_classify_image, generate_obb_image, generate_pose_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import DEMO_SEG, MODELS_DIR, REPO_ROOT
 from tests.e2e.conftest import DEMO_WITH, E2E_SEEDS, LabelStudio, shapes_png
 from tests.s3_stand_in import KEY, REGION, SECRET, S3StandIn, moto_s3
-from tools.annotate_dir import AnnotateOptions, annotate, label_config_xml
+from tools.annotate_dir import annotate
+from tools.annotate_options import AnnotateOptions, label_config_xml
 from tools.shapes_dataset import CLASS_NAMES
 
 pytest.importorskip("s3fs")

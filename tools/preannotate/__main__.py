@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from backend.settings import Settings, SettingsError
-from tools.annotate_dir import AnnotateError, load_toml_settings, parse_with
+from tools.annotate_options import AnnotateError, load_toml_settings, parse_with
 from tools.preannotate.client import RetryPolicy
 from tools.preannotate.job import JobOptions, JobSummary, run_local
 from tools.preannotate.predicting import JobError

@@ -1,5 +1,6 @@
 """Finding the image behind a Label Studio task URL: on disk where Label Studio keeps it, in a
-folder the user names, or downloaded from Label Studio (through the backend's ImageFetcher).
+folder the user names, or downloaded by the `downloader` the caller gives (the command lines give
+backend/sources/export_downloads.py, the backend's ImageFetcher).
 
 URL forms: `/data/upload/<project>/<file>` (files uploaded to Label Studio, kept in its media
 folder), `/data/local-files/?d=<path>` (Local Storage under LOCAL_FILES_DOCUMENT_ROOT), http(s),
@@ -12,6 +13,7 @@ import os
 import posixpath
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, unquote, urlparse
@@ -112,6 +114,14 @@ MISSING_NOT_ON_DISK = "image not found on disk"
 MISSING_DOWNLOAD_FAILED = "image download failed"
 
 
+class DownloadError(Exception):
+    """A download failed; the message says why."""
+
+
+# (url, task id) -> the downloaded file, which the caller may move; raises DownloadError or OSError.
+Downloader = Callable[[str, object], Path]
+
+
 @dataclass(frozen=True)
 class LocatedImage:
     path: Path | None  # None when the image could not be found
@@ -125,7 +135,7 @@ class ImageSources:
     """Where to look for task images, in this order: `image_root` (a folder holding the images by
     name or by their Label Studio path), Label Studio's media folder (uploads) and Local Storage root
     on this machine, then a download (http(s) URLs always; uploads, Local Storage and cloud files
-    when a Label Studio URL and API key are given)."""
+    when a Label Studio URL and API key are given) by `downloader`, made for the download folder."""
 
     ls_data_dir: Path
     local_files_root: Path | None = None
@@ -133,6 +143,7 @@ class ImageSources:
     ls_url: str = ""
     api_key: str = ""
     timeout: float = 30.0
+    downloader: Callable[[ImageSources, Path], Downloader] | None = None  # None: nothing is downloaded
 
     def local_candidates(self, key: ImageKey) -> list[Path]:
         candidates = []
@@ -151,6 +162,8 @@ class ImageSources:
         return candidates
 
     def can_download(self, key: ImageKey) -> bool:
+        if self.downloader is None:
+            return False
         return key.kind == "http" or (key.kind in ("upload", "local-files", "cloud") and bool(self.ls_url and self.api_key))
 
 
@@ -160,7 +173,7 @@ class ImageLocator:
     def __init__(self, sources: ImageSources, download_dir: Path) -> None:
         self._sources = sources
         self._download_dir = download_dir
-        self._fetcher = None
+        self._downloader: Downloader | None = None
 
     def locate(self, url: str, key: ImageKey, task_id: object) -> LocatedImage:
         for candidate in self._sources.local_candidates(key):
@@ -170,35 +183,19 @@ class ImageLocator:
             hint = {"upload": f"not in {self._sources.ls_data_dir / 'media'} (use --ls_data_dir, --image_root, or --ls_url with --api_key)",
                     "local-files": "not under the Local Storage root (use --local_files_root, --image_root, or --ls_url with --api_key)",
                     "cloud": "cloud storage files need --ls_url and --api_key",
+                    "http": "not on disk, and this conversion downloads nothing",
                     "path": "no such file"}[key.kind]
             return LocatedImage(None, downloaded=False, problem=hint, reason=MISSING_NOT_ON_DISK)
         return self._download(url, task_id)
 
     def _download(self, url: str, task_id: object) -> LocatedImage:
-        from backend.sources.images import ImageError
-        from backend.sources.label_studio import Credentials
-
-        fetcher = self._image_fetcher()
-        credentials = Credentials(self._sources.ls_url.rstrip("/"), self._sources.api_key) if self._sources.ls_url else None
+        if self._downloader is None:
+            self._downloader = self._sources.downloader(self._sources, self._download_dir)
         try:
-            path = fetcher.fetch(url, task_id if isinstance(task_id, int) else None, credentials)
-        except (ImageError, PermissionError, OSError) as exc:
+            path = self._downloader(url, task_id)
+        except (DownloadError, OSError) as exc:
             return LocatedImage(None, downloaded=False, problem=str(exc), reason=MISSING_DOWNLOAD_FAILED)
-        return LocatedImage(Path(path), downloaded=True, problem=None)
-
-    def _image_fetcher(self):  # noqa: ANN202 - backend.sources.images.ImageFetcher, imported lazily (it pulls requests and the SDK)
-        if self._fetcher is None:
-            from backend.sources.images import ImageFetcher
-            from backend.sources.label_studio import AccessTokens
-
-            # Local Storage files are looked up by local_candidates, so the fetcher only downloads
-            # (and never decodes: its pixel limit does not apply here). The export is the user's own
-            # data, so no download size limit either, and no address policy (its URLs may name the
-            # user's own storage on a private network).
-            unlimited = 1 << 62
-            self._fetcher = ImageFetcher(self._download_dir, "", self._sources.timeout, unlimited,
-                                         AccessTokens(timeout=self._sources.timeout), unlimited, address_policy=None)
-        return self._fetcher
+        return LocatedImage(path, downloaded=True, problem=None)
 
 
 @dataclass(frozen=True)
