@@ -24,8 +24,16 @@ from formats.export_regions import (SKIP_MISSING_SIZE, NotARegion, Region, Regio
 SKIP_CANCELLED = "cancelled annotation"
 SKIP_NOT_ANNOTATED = "no annotations"
 SKIP_NO_PREDICTIONS = "no predictions"
+SKIP_PREDICTIONS_BY_ID = "predictions listed by id only"
 SKIP_NO_IMAGE_URL = "no image URL in task data"
 SKIP_UNKNOWN_LABEL = "unknown label"
+# Label Studio 1.23's GET /api/projects/<id>/export expands drafts only, so predictions come as ids
+# (label_studio/data_export/api.py ExportAPI); an export snapshot expands them on request (mixins.py).
+PREDICTIONS_EXPORT_HINT = (
+    "the export lists predictions by id only, as Label Studio's JSON export (GET /api/projects/<id>/export) always "
+    "does: export them in full with a snapshot, POST /api/projects/<id>/exports/ with the body "
+    '{"serialization_options": {"predictions": {"only_id": false}}}, then GET '
+    "/api/projects/<id>/exports/<export id>/download?exportType=JSON")
 
 
 class ExportError(Exception):
@@ -91,13 +99,17 @@ def chosen_results(task: dict, selection: Selection) -> tuple[list[list], str | 
     """The result lists to convert for `task`, the reason when there are none, and how many
     cancelled annotations were passed over."""
     key = "predictions" if selection.use_predictions else "annotations"
-    entries = [entry for entry in task.get(key) or [] if isinstance(entry, dict)]
+    listed = task.get(key) or []
+    entries = [entry for entry in listed if isinstance(entry, dict)]
     if not entries and not selection.use_predictions:
         entries = [entry for entry in task.get("completions") or [] if isinstance(entry, dict)]
     usable = [entry for entry in entries if not _is_cancelled(entry)]
     cancelled = len(entries) - len(usable)
+    if not entries and selection.use_predictions:
+        by_id = isinstance(listed, list) and all(isinstance(entry, int) for entry in listed)
+        return [], SKIP_PREDICTIONS_BY_ID if listed and by_id else SKIP_NO_PREDICTIONS, 0
     if not entries:
-        return [], SKIP_NO_PREDICTIONS if selection.use_predictions else SKIP_NOT_ANNOTATED, 0
+        return [], SKIP_NOT_ANNOTATED, 0
     if not usable:
         return [], SKIP_CANCELLED, cancelled
     if not selection.all_annotations:
@@ -226,6 +238,8 @@ class Summary:
             if counter:
                 details = ", ".join(f"{reason}: {count}" for reason, count in counter.most_common())
                 lines.append(f"{title}: {sum(counter.values())} ({details})")
+        if self.tasks_skipped[SKIP_PREDICTIONS_BY_ID]:
+            lines.append(PREDICTIONS_EXPORT_HINT)
         if self.problems:
             lines.append("first problems:")
             lines.extend(f"  {problem}" for problem in self.problems)

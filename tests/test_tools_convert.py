@@ -18,7 +18,7 @@ from backend.sources.export_downloads import ExportDownloader
 from formats.coco_dataset import convert
 from formats.conversion import ConversionError, ConvertOptions
 from formats.export_images import ImageSources
-from formats.ls_export import Selection
+from formats.ls_export import Selection, Summary
 from tools.convert_to_rle_mask_coco import main
 from tools.shapes_dataset import CLASS_NAMES
 
@@ -145,6 +145,30 @@ def test_latest_non_cancelled_annotation_by_default_all_or_predictions_on_reques
     assert [c["name"] for c in predicted["categories"]] == ["predicted"]
     assert summary.tasks_skipped == {"cancelled annotation": 1, "no annotations": 1}
     assert summary.cancelled_annotations == 2
+
+
+@pytest.mark.parametrize("tool", ["convert_to_rle_mask_coco", "ls_to_yolo"])
+def test_predictions_listed_by_id_say_how_to_export_them_in_full(tmp_path: Path, tool: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Label Studio's plain JSON export lists predictions by id; --predictions names the snapshot option that includes them."""
+    import importlib
+
+    url = upload_image(tmp_path / "ls", "00000001-s.png", np.zeros((100, 100, 3), np.uint8))
+    box = [rectangle_result((10, 10, 50, 50), "cat", 100, 100)]
+    export = write_export(tmp_path / "e.json", [{**task(1, url, [annotation(box)]), "predictions": [3, 4]},
+                                                task(2, url, [annotation(box)])])
+    main_of_tool = importlib.import_module(f"tools.{tool}").main
+
+    code = main_of_tool(["--json_file_path", str(export), "--out_dir", str(tmp_path / "out"), "--ls_data_dir",
+                         str(tmp_path / "ls"), "--predictions"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "predictions listed by id only: 1, no predictions: 1" in out
+    assert 'POST /api/projects/<id>/exports/ with the body {"serialization_options": {"predictions": {"only_id": false}}}' in out
+    plain = Summary()
+    plain.skip_task(2, "no predictions")
+    assert "only_id" not in plain.report()
 
 
 def test_every_left_out_region_is_counted_with_its_reason(tmp_path: Path) -> None:
