@@ -3,12 +3,15 @@
 Parsing uses label-studio-sdk's `LabelInterface`; this module only reads the attributes that
 Label Studio users know from the HumanSignal YOLO backend: `model_path`, `model_score_threshold`,
 `model_skip` on a control, `predicted_values` on a Label, and `smart` for interactive prompts.
+Tag and attribute names are read in any case, as Label Studio's editor reads them (`<rectanglelabels
+toname="image">`, `<Video framerate="30">`); the SDK wants them spelled as Label Studio's docs do.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
 from formats.control_options import OptionError, TaskOptions, link_box_controls, link_taxonomies, parse_options
 
@@ -16,6 +19,10 @@ PREDICTION_TAGS = ("RectangleLabels", "PolygonLabels", "BrushLabels", "KeyPointL
                    "VideoRectangle")
 PROMPT_TAGS = ("KeyPointLabels", "RectangleLabels")
 MASK_TAGS = ("PolygonLabels", "BrushLabels")
+# The tags this module reads and the camelCase attributes it or the SDK reads, as Label Studio's docs spell them.
+CANONICAL_TAGS = {name.lower(): name for name in (*PREDICTION_TAGS, "View", "Image", "Video", "Labels", "Label", "Choice")}
+CANONICAL_ATTRIBUTES = {name.lower(): name for name in ("toName", "frameRate", "leafsOnly", "valueType", "valueList",
+                                                        "perRegion", "whenTagName", "whenLabelValue", "whenChoiceValue")}
 
 
 class LabelConfigError(ValueError):
@@ -35,7 +42,7 @@ class Control:
     skip: bool
     smart: bool
     trainable: bool = True  # model_trainable="false": training never replaces this control's model
-    options: TaskOptions = TaskOptions()  # pose, OBB, classification and video attributes (backend/controls)
+    options: TaskOptions = TaskOptions()  # pose, OBB, classification and video attributes (formats/control_options.py)
 
     @property
     def type(self) -> str:
@@ -81,6 +88,7 @@ def parse_label_config(xml: str) -> LabelConfig:
 
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("the labeling config is empty")
+    xml = canonical_case(xml)
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises lxml, KeyError, TypeError... for broken XML
@@ -119,6 +127,25 @@ def parse_label_config(xml: str) -> LabelConfig:
     except OptionError as exc:
         raise LabelConfigError(str(exc)) from None
     return LabelConfig(tuple(controls), tuple(unanswered))
+
+
+def canonical_case(xml: str) -> str:
+    """The config with the tag and attribute names this module reads spelled as Label Studio's docs spell them;
+    unchanged when they already are, or when it is not XML (the SDK says what is wrong with it)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return xml
+    changed = False
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            continue
+        tag = CANONICAL_TAGS.get(element.tag.lower(), element.tag)
+        attributes = {CANONICAL_ATTRIBUTES.get(name.lower(), name): value for name, value in element.attrib.items()}
+        if tag != element.tag or list(attributes) != list(element.attrib):
+            element.tag, element.attrib = tag, attributes
+            changed = True
+    return ElementTree.tostring(root, encoding="unicode") if changed else xml
 
 
 def _video_labels(interface, video_rectangle):  # noqa: ANN001, ANN202 - the SDK's tags

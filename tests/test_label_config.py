@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from formats.label_config import LabelConfigError, parse_label_config
-from tests.conftest import config_xml, load_protocol_fixture
+from tests.conftest import REPO_ROOT, config_xml, load_protocol_fixture
 
 
 def test_captured_config_controls() -> None:
@@ -43,3 +45,17 @@ def test_bad_configs_are_explained(xml: str, message: str) -> None:
 def test_controls_not_on_an_image_are_ignored() -> None:
     config = parse_label_config('<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="a"/></Labels></View>')
     assert config.controls == ()
+
+
+def lower_case_names(xml: str) -> str:
+    """The config as Label Studio's editor reads it: every tag and attribute name in lower case."""
+    return re.sub(r"<(/?)([A-Za-z]+)|\s([A-Za-z_]+)=", lambda m: (f"<{m[1]}{m[2].lower()}" if m[2] else f" {m[3].lower()}="), xml)
+
+
+@pytest.mark.parametrize("config_file", ["demo-shapes-video.xml", "demo-shapes-pose.xml", "demo-shapes-taxonomy.xml"])
+def test_tag_and_attribute_names_are_read_in_any_case(config_file: str) -> None:
+    xml = (REPO_ROOT / "label_configs" / config_file).read_text()
+    lower = lower_case_names(xml)
+    assert "toName" not in lower and "<view>" in lower
+    assert parse_label_config(lower) == parse_label_config(xml)
+    assert parse_label_config(lower).controls

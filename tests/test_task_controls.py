@@ -150,6 +150,17 @@ def test_label_studio_frames_and_frame_rate() -> None:
     assert frame_rate_of(control, {"fps": 0.04}) == 25  # Label Studio reads a frame time below 1 as 1/x
 
 
+def test_lower_case_framerate_sets_the_keyframes() -> None:
+    """Label Studio's editor reads <Video framerate="30"> as frameRate: a video of 15 frames per second gets keyframes 1, 3, 5."""
+    xml = open("label_configs/demo-shapes-video.xml").read().replace('frameRate="25"', 'framerate="30"')
+    control = parse_label_config(xml).control("box")
+    frame_rate = frame_rate_of(control, {})
+    box = np.array([[32.0, 24.0, 64.0, 48.0]])
+    frames = [TrackedFrame(i, np.array([7]), box, np.array([0.5]), ("circle",)) for i in range(3)]
+    (region,) = video_regions(control, frames, VideoInfo(15.0, 3, 320, 240, True), frame_rate)
+    assert frame_rate == 30 and [k["frame"] for k in region["value"]["sequence"]] == [1, 3, 5]
+
+
 def test_video_regions_one_per_track_with_gaps_and_majority_label() -> None:
     control = parse_label_config(open("label_configs/demo-shapes-video.xml").read()).control("box")
     box = np.array([[32.0, 24.0, 64.0, 48.0]])
