@@ -1,7 +1,7 @@
 """Ultralytics YOLO pose, OBB and classification models behind one small interface.
 
 Their outputs, in pixels of the image as given (EXIF orientation applied), are Ultralytics' own
-numbers taken from its `Results` unchanged; backend/controls turns them into Label Studio regions.
+numbers taken from its `Results` unchanged; backend/prediction turns them into Label Studio regions.
 """
 
 from __future__ import annotations
