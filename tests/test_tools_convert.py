@@ -291,6 +291,18 @@ def test_tasks_whose_image_could_not_be_copied_are_left_out_of_the_coco_file(tmp
     assert "--strict" in capsys.readouterr().err
 
 
+def test_without_a_downloader_nothing_is_downloaded(tmp_path: Path) -> None:
+    """formats never reaches the network: an image not on disk is missing unless the caller gives a downloader."""
+    with FakeLabelStudio({"upload/3/abcdef12-remote.png": b"never fetched"}, "secret") as fake:
+        export = write_export(tmp_path / "e.json", [task(1, f"{fake.url}/data/upload/3/abcdef12-remote.png",
+                                                         [annotation([rectangle_result((1, 1, 9, 9), "cat", 50, 40)])])])
+        sources = ImageSources(tmp_path / "empty", ls_url=fake.url, api_key="secret", timeout=5)
+        _, summary = run(export, tmp_path / "out", tmp_path / "empty", sources=sources)
+
+    assert summary.images == {"missing": 1} and summary.tasks_skipped == {"image not found on disk": 1}
+    assert "not on disk, and this conversion downloads nothing" in summary.report()
+
+
 def test_label_studio_default_folders_and_unique_image_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from formats.export_images import default_local_files_root, default_ls_data_dir
 
