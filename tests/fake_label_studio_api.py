@@ -20,6 +20,7 @@ from tests.fake_label_studio import LoopbackServer, QuietHandler
 
 TOKEN = "stand-in-token"
 PROJECT_ID = 7
+CREATED_AT = "2023-11-14T22:13:20Z"  # the project uid is 7.1700000000
 
 TaskData = Callable[[int], dict]  # task index (0-based) -> the task's data
 
@@ -92,7 +93,7 @@ class FakeLabelStudioAPI(LoopbackServer):
             return
         if method == "GET" and path == f"/api/projects/{PROJECT_ID}":
             self._answer(handler, "project", lambda: (200, {"id": PROJECT_ID, "title": "stand-in",
-                                                            "label_config": self.label_config}))
+                                                            "created_at": CREATED_AT, "label_config": self.label_config}))
         elif method == "GET" and path == "/api/tasks":
             self._answer(handler, "tasks", lambda: self._task_page(query))
         elif method == "GET" and (match := re.fullmatch(r"/api/tasks/(\d+)", path)):

@@ -195,14 +195,14 @@ def test_a_project_with_a_promoted_trained_model_is_predicted_by_it(image_root: 
     for name in (DEMO_DET, DEMO_SEG):
         shutil.copyfile(MODELS_DIR / name, root / name)
     renamed = CONFIG.replace('"circle"', '"disc"').replace('"square"', '"box"').replace('"triangle"', '"wedge"')
-    models = ProjectModels(root, PROJECT_ID)
+    models = ProjectModels(root, f"{PROJECT_ID}.1700000000")
     card = {"version": 1, "status": "promoted", "task": "segment", "classes": ["disc", "box", "wedge"]}
     trained = tmp_path / "trained.pt"
     shutil.copyfile(MODELS_DIR / DEMO_SEG, trained)
     models.publish(1, trained, card, promote=True)
     settings = demo_settings(image_root, tmp_path / "cache", model_root=str(root))
     tasks = [{"id": 1, "data": shapes_data(0)}]
-    own = TaskPredictor(settings, renamed, None, PROJECT_ID)
+    own = TaskPredictor(settings, renamed, None, f"{PROJECT_ID}.1700000000")
     assert own.version.startswith(f"p{PROJECT_ID}-v1@")
     other = TaskPredictor(settings, renamed, None, PROJECT_ID + 1)
     assert not other.version.startswith("p")

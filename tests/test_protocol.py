@@ -29,9 +29,9 @@ def test_versions_webhook_metrics(client: TestClient) -> None:
     # The default models' version first, then those of the configs /setup has seen (other tests' too).
     assert client.get("/versions").json()["versions"][0] == client.get("/health").json()["model_version"]
     response = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}})
-    assert response.status_code == 201 and response.json()["action"] == "ANNOTATION_CREATED"
+    assert response.status_code == 200 and response.json() == {"status": "ignored", "action": "ANNOTATION_CREATED"}
     text = client.get("/metrics").text
-    assert 'backend_requests_total{endpoint="/webhook",status="201"}' in text
+    assert 'backend_requests_total{endpoint="/webhook",status="200"}' in text
     assert "backend_request_seconds_bucket" in text
 
 
@@ -154,7 +154,7 @@ def test_basic_auth_guards_every_endpoint(make_client: Callable[..., TestClient]
         for headers in ({}, bad, {"Authorization": "Basic !!!"}, {"Authorization": "Bearer x"}):
             response = getattr(client, method)(path, headers=headers)
             assert response.status_code == 401, (path, headers)
-            assert response.json() == {"error": "authentication required"}
+            assert response.json()["error"].startswith("authentication required")
     assert client.get("/health", headers=good).status_code == 200
     response = client.post("/predict", headers=good, content=json.dumps({"tasks": [], "label_config": ALL_CONTROLS_CONFIG}))
     assert response.status_code == 200 and response.json() == {"results": []}

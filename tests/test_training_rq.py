@@ -64,16 +64,16 @@ def test_rq_worker_trains_queued_jobs_and_the_backend_serves_them(redis_url: str
     service = TrainingService(settings)
     with TrainingLabelStudio(21, range(6000, 6016)) as ls:
         credentials = Credentials(ls.url, TOKEN)
-        assert service.trigger(21, "test", credentials) == "queued"
-        assert service.trigger(21, "test", credentials) == "coalesced"  # one more run after the queued one
-        assert service.board.state(21)["state"] == "queued"
+        assert service.trigger("21.1700000000", "test", credentials) == "queued"
+        assert service.trigger("21.1700000000", "test", credentials) == "coalesced"  # one more run after the queued one
+        assert service.board.state("21.1700000000")["state"] == "queued"
         env = {**os.environ, **settings.as_environ()}
         worker = subprocess.run([str(Path(sys.executable).parent / "rq"), "worker", "--burst", "--url", redis_url,
                                  QUEUE_NAME], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert worker.returncode == 0, worker.stderr[-3000:]
-    state = service.board.state(21)
+    state = service.board.state("21.1700000000")
     assert state["state"] in ("promoted", "rejected") and state["version"] == 2, (state, worker.stderr[-3000:])
-    models = ProjectModels(settings.model_root_path, 21)
+    models = ProjectModels(settings.model_root_path, "21.1700000000")
     assert models.versions() == [1, 2]  # the coalesced trigger ran once more, from the first run's model
     assert models.card(1)["status"] == "promoted" and models.card(2)["base_model"] == "p21-v1.pt"
     expected = 2 if state["state"] == "promoted" else 1
@@ -82,10 +82,10 @@ def test_rq_worker_trains_queued_jobs_and_the_backend_serves_them(redis_url: str
 
 def test_unreachable_queue_fails_the_job_with_the_reason(tmp_path: Path) -> None:
     service = TrainingService(queue_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0"))
-    assert service.trigger(22, "test", None) == "queued"
-    state = service.board.state(22)
+    assert service.trigger("22.1", "test", None) == "queued"
+    state = service.board.state("22.1")
     assert state["state"] == "failed" and "cannot reach the training queue" in state["message"]
-    assert service.trigger(22, "again", None) == "queued"  # a failed job does not block the next trigger
+    assert service.trigger("22.1", "again", None) == "queued"  # a failed job does not block the next trigger
 
 
 def test_a_queued_job_lives_as_long_as_its_rq_job(redis_url: str, tmp_path: Path) -> None:

@@ -74,8 +74,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     settings = tiny_settings(root, base / "cache", images)
     with TrainingLabelStudio(12, TRAIN_SEEDS, broken_seeds=[BROKEN_SEED]) as ls:
         service = TrainingService(settings)
-        assert service.trigger(12, "test", Credentials(ls.url, TOKEN)) == "queued"
-        wait_finished(service.board, 12)
+        assert service.trigger("12.1700000000", "test", Credentials(ls.url, TOKEN)) == "queued"
+        wait_finished(service.board, "12.1700000000")
         with TestClient(create_app(settings, build_services(settings))) as client:
             yield Trained(settings, root, client, ls, images)
 
@@ -88,9 +88,9 @@ def predict(client: TestClient, project: str, seeds: range) -> dict:
 
 
 def test_job_promotes_a_model_that_serves_the_new_labels_of_its_project_only(trained: Trained) -> None:
-    state = JobBoard(trained.root).state(12)
+    state = JobBoard(trained.root).state("12.1700000000")
     assert state["state"] == "promoted", state
-    card = ProjectModels(trained.root, 12).card(1)
+    card = ProjectModels(trained.root, "12.1700000000").card(1)
     assert card["classes"] == list(RENAMED) and card["task"] == "segment" and card["base_model"] == DEMO_SEG
     assert card["images"] == len(TRAIN_SEEDS) - 1 and card["images_failed"] == 1  # the broken image is left out
     assert card["map_previous"] == 0.0 and card["map_new"] > 0.2
@@ -102,14 +102,14 @@ def test_job_promotes_a_model_that_serves_the_new_labels_of_its_project_only(tra
     other = predict(trained.client, "13.1700000000", HELD_OUT_SEEDS)  # the start-up model knows none of the labels
     assert all(r["result"] == [] and not r["model_version"].startswith("p12") for r in other["results"])
     assert trained.client.get("/health").json()["training"][0]["promoted_version"] == "p12-v1"
-    assert not [p for p in ProjectModels(trained.root, 12).directory.iterdir() if p.name.startswith((".work", ".tmp"))]
+    assert not [p for p in ProjectModels(trained.root, "12.1700000000").directory.iterdir() if p.name.startswith((".work", ".tmp"))]
 
 
 def test_a_restarted_backend_serves_the_promoted_version(trained: Trained) -> None:
     version = predict(trained.client, "12.1700000000", range(7000, 7001))["results"][0]["model_version"]
     script = ("from formats.label_config import parse_label_config; from backend.serving.services import build_services\n"
               "from backend.settings import Settings; from tests.training_stand_in import TRAINING_CONFIG\n"
-              "print(build_services(Settings.load()).model_version(parse_label_config(TRAINING_CONFIG), '12.17'))")
+              "print(build_services(Settings.load()).model_version(parse_label_config(TRAINING_CONFIG), '12.1700000000'))")
     env = {**os.environ, **trained.settings.as_environ()}
     output = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=120)
@@ -122,11 +122,11 @@ def test_a_worse_model_is_kept_as_a_rejected_candidate(trained: Trained, monkeyp
     monkeypatch.setattr(trainer, "limit_resources", lambda threads: 1)
     monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: worse)
     board = JobBoard(trained.root)
-    assert board.request(12, "test") == "queued"
-    run_job(trained.settings, JobSpec(12, board.state(12)["job_id"], trained.ls.url, TOKEN), board)
-    state = board.state(12)
+    assert board.request("12.1700000000", "test") == "queued"
+    run_job(trained.settings, JobSpec("12.1700000000", board.state("12.1700000000")["job_id"], trained.ls.url, TOKEN), board)
+    state = board.state("12.1700000000")
     assert state["state"] == "rejected" and "new 0.0000" in state["message"], state
-    models = ProjectModels(trained.root, 12)
+    models = ProjectModels(trained.root, "12.1700000000")
     assert models.card(2)["status"] == "rejected" and models.promoted().version == 1
     version = predict(trained.client, "12.1700000000", range(7000, 7001))["results"][0]["model_version"]
     assert version.startswith("p12-v1@")
@@ -156,31 +156,31 @@ def test_job_faults_end_with_a_reason_and_nothing_published(trained: Trained, mo
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
         monkeypatch.setattr(YOLO, "train", out_of_memory)
-    before = sorted(p.name for p in ProjectModels(trained.root, 12).directory.iterdir())
-    assert board.request(12, "test") == "queued"
-    run_job(settings, JobSpec(12, board.state(12)["job_id"], url, token), board)
-    state = board.state(12)
+    before = sorted(p.name for p in ProjectModels(trained.root, "12.1700000000").directory.iterdir())
+    assert board.request("12.1700000000", "test") == "queued"
+    run_job(settings, JobSpec("12.1700000000", board.state("12.1700000000")["job_id"], url, token), board)
+    state = board.state("12.1700000000")
     assert state["state"] == ("refused" if fault == "few" else "failed") and expected in state["message"], state
-    assert sorted(p.name for p in ProjectModels(trained.root, 12).directory.iterdir()) == before
-    assert ProjectModels(trained.root, 12).promoted().version == 1
+    assert sorted(p.name for p in ProjectModels(trained.root, "12.1700000000").directory.iterdir()) == before
+    assert ProjectModels(trained.root, "12.1700000000").promoted().version == 1
 
 
 def test_killed_training_process_fails_the_job_and_it_can_run_again(trained: Trained) -> None:
     settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_epochs=30)
     service = TrainingService(settings)
     credentials = Credentials(trained.ls.url, TOKEN)
-    assert service.trigger(14, "test", credentials) == "queued"
+    assert service.trigger("14.1700000000", "test", credentials) == "queued"
     deadline = time.monotonic() + 120
-    while (state := service.board.state(14)).get("phase") != "training" or not state.get("epoch"):
+    while (state := service.board.state("14.1700000000")).get("phase") != "training" or not state.get("epoch"):
         assert time.monotonic() < deadline and state["state"] in ("queued", "running"), state
         time.sleep(0.2)
     os.kill(state["runner"]["pid"], signal.SIGKILL)
-    state = wait_finished(service.board, 14, 60)
+    state = wait_finished(service.board, "14.1700000000", 60)
     assert state["state"] == "failed" and "killed by signal 9" in state["message"], state
-    models = ProjectModels(trained.root, 14)
+    models = ProjectModels(trained.root, "14.1700000000")
     assert models.versions() == [] and models.promoted() is None
     quick = TrainingService(tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_epochs=1))
-    assert quick.trigger(14, "again", credentials) == "queued"
-    state = wait_finished(quick.board, 14)
+    assert quick.trigger("14.1700000000", "again", credentials) == "queued"
+    state = wait_finished(quick.board, "14.1700000000")
     assert state["state"] == "promoted" and models.promoted().version == 1
     assert not [p for p in models.directory.iterdir() if p.name.startswith((".work", ".tmp"))]

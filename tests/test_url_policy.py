@@ -134,7 +134,13 @@ def test_allow_settings_open_private_addresses(tmp_path: Path, image_host: Image
 
 
 def test_label_studio_host_itself_is_allowed_but_only_its_origin(tmp_path: Path, image_host: ImageHost) -> None:
-    assert fetch(tmp_path / "a", f"{image_host.url}/img.png", label_studio=image_host.url) == PNG
+    assert fetch(tmp_path / "a", f"{image_host.url}/data/upload/1/img.png", label_studio=image_host.url) == PNG
+    with pytest.raises(ImageError, match="loopback address"):  # not one of Label Studio's own paths: the URL policy
+        fetch(tmp_path / "c", f"{image_host.url}/img.png", label_studio=image_host.url)
+    untrusted = Credentials(image_host.url, "token", trusted=False)  # named in /setup by an unauthenticated caller
+    with pytest.raises(ImageError, match="an unauthenticated caller on another machine named in /setup"):
+        fetcher(tmp_path / "d", AddressPolicy()).fetch("/data/upload/1/img.png", 1, untrusted)
+    assert [path for path, _ in image_host.requests] == ["/data/upload/1/img.png"]
     with ImageHost() as other:
         with pytest.raises(ImageError, match="loopback address"):
             fetch(tmp_path / "b", f"{other.url}/img.png", label_studio=image_host.url)

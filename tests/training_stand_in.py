@@ -21,6 +21,7 @@ from tests.fake_label_studio import LoopbackServer, QuietHandler
 from tools.shapes_dataset import generate_image
 
 TOKEN = "training-stand-in-token"
+CREATED_AT = "2023-11-14T22:13:20Z"  # every project's: project 12's uid is 12.1700000000
 RENAMED = ("disc", "box", "wedge")  # tools.shapes_dataset.CLASS_NAMES, renamed
 TRAINING_CONFIG = ("<View><Image name=\"image\" value=\"$image\"/>"
                    "<PolygonLabels name=\"poly\" toName=\"image\">"
@@ -117,7 +118,7 @@ class TrainingLabelStudio(LoopbackServer):
             return _json(handler, self.fail_with, {"detail": "stand-in fault"})
         if project := re.fullmatch(r"/api/projects/(\d+)/", path):  # every project id has the same tasks
             return _json(handler, 200, {"id": int(project.group(1)), "title": "training stand-in",
-                                        "label_config": self.label_config})
+                                        "created_at": CREATED_AT, "label_config": self.label_config})
         if re.fullmatch(r"/api/projects/\d+/export", path):
             return _json(handler, 200, self.tasks)
         match = re.fullmatch(rf"/data/upload/{self.project_id}/(.+)", path)

@@ -15,18 +15,21 @@ logger = logging.getLogger(__name__)
 # Linux NAME_MAX and a margin under PATH_MAX: longer names make stat() fail with ENAMETOOLONG.
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 2048
+TRAINED_MODELS_DIR = "projects"  # MODEL_ROOT/projects/<uid>/: backend/training/registry.py
 
 
 class ModelPathError(ValueError):
     """A model path is refused or cannot be found; the message names the setting to change."""
 
 
-def resolve_model_path(model_root: Path, name: str, setting: str) -> Path:
+def resolve_model_path(model_root: Path, name: str, setting: str, trained: bool = False) -> Path:
     """Map a `model_path` value to a file (or an exported model's directory, `*_openvino_model/`) inside `model_root`.
 
     Absolute paths, `..` and symlinks leading outside the root are refused, so a labeling config
     cannot make the backend unpickle an arbitrary file (Ultralytics checkpoints are pickles) or run
-    an arbitrary TorchScript, ONNX, OpenVINO or TensorRT model.
+    an arbitrary TorchScript, ONNX, OpenVINO or TensorRT model. MODEL_ROOT/projects/ holds the projects'
+    trained models: only `trained` (a project's own promoted model) may name them, so a config cannot
+    serve another project's model, nor a rejected candidate.
     """
     if not name or "\x00" in name:
         raise ModelPathError(f"{setting} is empty")
@@ -38,6 +41,10 @@ def resolve_model_path(model_root: Path, name: str, setting: str) -> Path:
     resolved = (model_root / candidate).resolve()
     if not resolved.is_relative_to(model_root.resolve()):
         raise ModelPathError(f"{setting}='{name}' is refused: it leads outside MODEL_ROOT ({model_root})")
+    if not trained and resolved.is_relative_to(model_root.resolve() / TRAINED_MODELS_DIR):
+        raise ModelPathError(f"{setting}='{name}' is refused: MODEL_ROOT/{TRAINED_MODELS_DIR}/ holds the projects' "
+                             "trained models, which serve only their own project (promoted by training); copy a "
+                             "model elsewhere in MODEL_ROOT to use it in another config")
     return resolved
 
 

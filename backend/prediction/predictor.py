@@ -49,7 +49,7 @@ class YoloModels:
         self._device = device
 
     def path(self, choice: ModelChoice) -> Path:
-        return resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting)
+        return resolve_model_path(self._settings.model_root_path, choice.path_value, choice.setting, choice.trained)
 
     @property
     def device(self) -> str:

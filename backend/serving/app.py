@@ -22,13 +22,14 @@ from fastapi.responses import JSONResponse, Response
 
 from backend import __version__
 from formats.label_config import LabelConfig, LabelConfigError, parse_label_config
-from backend.sources.label_studio import Credentials
+from backend.sources.label_studio import Credentials, SetupConflict
 from backend.models.cache import ModelPathError, resolve_model_path
 from backend.models.yolo_files import is_downloadable_asset, model_exists, not_a_model
 from backend.prediction.limits import RequestLimits
 from backend.prediction.predictor import PredictionConfigError
 from backend.training.model_choice import model_choice
 from formats.regions import prediction
+from backend.serving.access import AccessPolicy
 from backend.serving.access import AccessPolicy
 from backend.serving.services import Services, build_services
 from backend.settings import Settings
@@ -147,6 +148,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     app.state.get_services = get_services
     access = app.state.access = AccessPolicy.from_settings(settings)
+    access = app.state.access = AccessPolicy.from_settings(settings)
 
     @app.middleware("http")
     async def protocol_guard(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette's signature
@@ -207,7 +209,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         access_token = _optional_str(payload, "access_token") or ""
         config = _label_config(payload, "schema", {})
         _check_model_paths(services, config)
-        services.setup_store.save(project, hostname.rstrip("/"), access_token, payload.get("schema"))
+        try:
+            services.save_setup(project, hostname.rstrip("/"), access_token, payload.get("schema"), access.trusted(request))
+        except SetupConflict as exc:
+            raise BadRequest(str(exc), 409) from None
         services.report_config_in_background(config, project)  # loads the models: Label Studio should not wait on it
         services.check_token_in_background(project)
         return {"model_version": services.model_version(config, project)}
@@ -249,8 +254,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def webhook(request: Request) -> JSONResponse:
         payload = await read_json(request, settings.max_request_bytes)
         services = get_services()
-        answer = await run_in_threadpool(services.training.webhook, payload,
-                                         lambda project: services.credentials(str(project)))
+        answer = await run_in_threadpool(services.training.webhook, payload, services.credentials)
         if answer.status >= 400:
             raise BadRequest(answer.body["error"], answer.status)
         return JSONResponse(answer.body, status_code=answer.status)
@@ -287,7 +291,8 @@ def _check_model_paths(services: Services, config: LabelConfig) -> None:
     for control in config.prediction_controls:
         choice = model_choice(control, services.settings)
         try:
-            path = resolve_model_path(services.settings.model_root_path, choice.path_value, choice.setting)
+            path = resolve_model_path(services.settings.model_root_path, choice.path_value, choice.setting,
+                                      choice.trained)
         except ModelPathError as exc:
             raise BadRequest(str(exc)) from None
         if not model_exists(path) and not is_downloadable_asset(path.name):

@@ -16,7 +16,7 @@ from typing import Any
 from backend.serving.config_check import ConfigReporter
 from backend.sources.images import ImageFetcher
 from formats.label_config import LabelConfig
-from backend.sources.label_studio import AccessTokens, Credentials, SetupStore
+from backend.sources.label_studio import AccessTokens, Credentials, SetupStore, project_uid
 from backend.sources.token_check import TokenCheck
 from backend.serving.metrics import Metrics
 from backend.sources.object_storage import direct_storage
@@ -49,15 +49,36 @@ class Services:
     started_at: float = field(default_factory=time.time)
     model_errors: dict[str, str] = field(default_factory=dict)  # setting -> why its model did not load
     reporter: ConfigReporter = field(default_factory=ConfigReporter)
+    ignored_hosts: set[str] = field(default_factory=set)  # /setup hostnames not used, as LABEL_STUDIO_URL is set
     training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
     token_check: TokenCheck | None = None
 
     def credentials(self, project: str | None) -> Credentials | None:
-        """Settings win; otherwise what /setup said (in any worker) for this project."""
+        """LABEL_STUDIO_URL (with LABEL_STUDIO_API_KEY, else the token /setup sent) for every project when set;
+        otherwise what /setup said (in any worker) for this project uid. The key never goes to another host."""
         saved = self.setup_store.load(project)
-        hostname = (self.settings.label_studio_url or saved.get("hostname") or "").rstrip("/")
-        token = self.settings.label_studio_api_key or saved.get("access_token") or ""
-        return Credentials(hostname, token) if hostname or token else None
+        if self.settings.label_studio_url:
+            token = self.settings.label_studio_api_key or saved.get("access_token") or ""
+            return Credentials(self.settings.label_studio_url.rstrip("/"), token)
+        hostname = (saved.get("hostname") or "").rstrip("/")
+        token = saved.get("access_token") or ""
+        return Credentials(hostname, token, bool(saved.get("trusted", True))) if hostname or token else None
+
+    def save_setup(self, project: str | None, hostname: str, access_token: str, label_config: str | None,
+                   trusted: bool) -> None:
+        """Keep /setup's answer (SetupConflict when the uid is bound to another host). With LABEL_STUDIO_URL set
+        the hostname is not used, and said so once per host. A trusted caller's /setup (Label Studio itself)
+        also gives the project an earlier version's trained models."""
+        own = self.settings.label_studio_url.rstrip("/")
+        if own and hostname:
+            if hostname != own and hostname not in self.ignored_hosts and len(self.ignored_hosts) < 100:
+                self.ignored_hosts.add(hostname)
+                logger.info("LABEL_STUDIO_URL=%s is set: the hostname %s named in /setup is not used (said once)",
+                            own, hostname[:200])
+            hostname = ""
+        self.setup_store.save(project, hostname, access_token, label_config, trusted)
+        if trusted and (uid := project_uid(project)) is not None:
+            self.training.adopt_legacy(uid)
 
     def check_token_in_background(self, project: str | None) -> None:
         """After /setup: does Label Studio accept the token downloads will use? (An ERROR with the fix if not.)"""

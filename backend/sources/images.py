@@ -154,6 +154,22 @@ def url_kind(url: str) -> str:
     raise ImageError(f"image URL '{url[:200]}' is not an http(s), Label Studio upload, local-files or cloud storage URL")
 
 
+LABEL_STUDIO_PATHS = ("/data/upload/", "/data/local-files", "/storage-data/", "/tasks/", "/api/")
+
+
+def on_label_studio(url: str, kind: str, label_studio: str) -> bool:
+    """Is `url` one of Label Studio's own paths (uploads, Local Storage, the storage proxy, cloud presign, API)
+    on the Label Studio at `label_studio`? Only those may reach it on a private address; any other absolute
+    URL, on its host or not, goes through the URL policy."""
+    if not label_studio:
+        return False
+    if kind != "http":
+        return True  # relative paths (and cloud URIs, presigned by /tasks/<id>/presign) go to Label Studio
+    parts, own = urlparse(url), urlparse(label_studio)
+    same_origin = (parts.scheme.lower(), parts.hostname, parts.port) == (own.scheme.lower(), own.hostname, own.port)
+    return same_origin and parts.path.startswith(LABEL_STUDIO_PATHS)
+
+
 class ImageFetcher:
     """Fetch (with an on-disk cache) and decode task images.
 
@@ -190,9 +206,19 @@ class ImageFetcher:
             raise ImageError(f"cannot download '{url[:200]}': no Label Studio URL and API key "
                              "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
         ends = min(time.monotonic() + self._timeout, deadline)
+        label_studio = credentials.hostname if credentials else ""
+        trusted = label_studio if credentials and credentials.trusted and on_label_studio(url, kind, label_studio) else None
+        guard = self._address_policy.guard(trusted) if self._address_policy else None
+        if guard is not None and label_studio and kind != "http":  # before the token goes there (a refresh)
+            try:
+                guard.check_url(label_studio)
+            except AddressRefused as exc:
+                raise ImageError(f"refused to download '{url[:200]}' from Label Studio at {label_studio[:200]}, which "
+                                 f"an unauthenticated caller on another machine named in /setup: {exc}") from None
+            except OSError as exc:
+                raise ImageError(f"cannot fetch '{url[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
         token = self._access_token(credentials) if credentials and credentials.token else None
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        guard = self._address_policy.guard(credentials.hostname if credentials else None) if self._address_policy else None
         session = _LimitedSession(self._timeout, self._max_download_bytes, guard, ends)
         try:
             if guard is not None and kind == "http":

@@ -7,6 +7,7 @@ next /predict to another gunicorn worker, so /setup's answer is kept on disk, no
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -25,47 +27,104 @@ logger = logging.getLogger(__name__)
 class Credentials:
     hostname: str  # e.g. http://localhost:8080, no trailing slash
     token: str  # legacy API token or personal access token (a JWT refresh token)
+    # LABEL_STUDIO_URL, or a /setup from an authenticated or loopback caller: downloads may reach this host's own
+    # paths even on a private address. False: the host must pass the URL policy like any other.
+    trusted: bool = True
+
+
+MAX_PROJECT_ID = 2**31 - 1  # Label Studio's project ids are Postgres/SQLite integers
+
+
+class SetupConflict(Exception):
+    """A /setup that would rebind a project to another Label Studio; the message says how to reset."""
+
+
+def project_uid(project: object) -> str | None:
+    """Label Studio's project uid "<id>.<created_at as Unix seconds>" ("12.1700000000"), or None for anything else
+    (a bare id, a float, an id out of range)."""
+    if not isinstance(project, str):
+        return None
+    head, dot, stamp = project.partition(".")
+    if not (dot and head.isdigit() and stamp.isdigit() and head.isascii() and stamp.isascii() and len(stamp) <= 12):
+        return None
+    return f"{int(head)}.{int(stamp)}" if 0 < int(head) <= MAX_PROJECT_ID else None
+
+
+def webhook_project_uid(project: object) -> str:
+    """The uid of a webhook's serialized project, built as Label Studio builds it for /setup and /predict:
+    `project.id` + "." + int(created_at.timestamp()); ValueError names what is wrong."""
+    if not isinstance(project, dict):
+        raise ValueError("'project' must be the serialized project object Label Studio sends")
+    project_id, created_at = project.get("id"), project.get("created_at")
+    if type(project_id) is not int or not 0 < project_id <= MAX_PROJECT_ID:
+        raise ValueError(f"'project.id' must be a positive integer below 2^31, not {str(project_id)[:40]!r}")
+    if not isinstance(created_at, str):
+        raise ValueError("'project.created_at' is missing: Label Studio sends it with every project; it tells "
+                         "projects of the same id on different Label Studio servers apart")
+    try:
+        moment = datetime.fromisoformat(created_at[:64])
+    except ValueError:
+        raise ValueError(f"'project.created_at' is not an ISO 8601 time: {created_at[:40]!r}") from None
+    if moment.tzinfo is None:  # Label Studio serializes aware times; a naive one is taken as UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return f"{project_id}.{int(moment.timestamp())}"
 
 
 class SetupStore:
     """Per-project `hostname`, `access_token` and labeling config from /setup, in files every worker reads.
 
-    Label Studio names a project "<id>.<creation timestamp>" in /setup and /predict, so two Label Studio
-    instances (or a test server and a real one) using the same CACHE_DIR do not read each other's state.
+    A record belongs to Label Studio's full project uid "<id>.<creation timestamp>", so two Label Studio
+    instances (or a test server and a real one) using the same CACHE_DIR do not read each other's state, and
+    a bare id finds nothing. Once a uid is bound to a host, a /setup naming another host is refused (a
+    trusted /setup may take over a binding an untrusted one made); an empty token never erases a stored one.
     Files are readable by their owner only: they hold tokens.
     """
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
 
-    def save(self, project: str | None, hostname: str, access_token: str, label_config: str | None) -> None:
-        key = _project_key(project)
-        if key is None:
-            logger.warning("/setup without a project: its hostname, token and labeling config are not kept")
+    def path(self, project: str) -> Path:
+        return self._directory / f"project-{project}.json"
+
+    def save(self, project: str | None, hostname: str, access_token: str, label_config: str | None,
+             trusted: bool = True) -> None:
+        """Keep /setup's answer for the uid; raises SetupConflict when the uid is bound to another host."""
+        uid = project_uid(project)
+        if uid is None:
+            logger.warning("/setup without a Label Studio project uid (\"<id>.<timestamp>\"): its hostname, token and "
+                           "labeling config are not kept")
             return
         self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self._directory, 0o700)
-        record = {"project": str(project), "hostname": hostname, "access_token": access_token,
-                  "label_config": label_config, "saved_at": time.time()}
-        _write_private_json(self._directory / f"{key}.json", record)
+        with open(self._directory / ".lock", "a+") as lock:  # two workers' /setup: one checks and writes at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = self.load(uid)
+            bound = stored.get("hostname") or ""
+            keeps_binding = stored.get("trusted", True) or not trusted
+            if bound and hostname and hostname != bound and keeps_binding:
+                raise SetupConflict(f"project {uid} is connected to Label Studio at {bound[:200]}; a /setup naming "
+                                    f"{hostname[:200]} is refused. If Label Studio really moved, delete "
+                                    f"{self.path(uid)} (or set LABEL_STUDIO_URL) and connect the model again")
+            if stored.get("access_token") and (not access_token or (stored.get("trusted", True) and not trusted)):
+                access_token = stored["access_token"]  # never erased by an empty token, nor replaced untrusted
+            record = {"project": uid, "hostname": hostname or bound, "access_token": access_token,
+                      "label_config": label_config, "trusted": trusted or (bool(stored) and keeps_binding and
+                                                                           stored.get("trusted", True)),
+                      "saved_at": time.time()}
+            _write_private_json(self.path(uid), record)
 
     def load(self, project: str | None) -> dict:
-        """What /setup said for this project ("<id>.<timestamp>"; a bare id finds its latest); {} when nothing."""
-        key = _project_key(project)
-        if key is None:
+        """What /setup said for this project uid ("<id>.<timestamp>"); {} when nothing (or a bare id)."""
+        uid = project_uid(project)
+        if uid is None:
             return {}
-        if "." in str(project):
-            candidates = [self._directory / f"{key}.json"]
-        else:
-            candidates = sorted(self._directory.glob(f"{key}.*.json"), key=_mtime, reverse=True)
-        for path in candidates:
-            try:
-                return json.loads(path.read_text())
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as exc:
-                logger.warning("ignoring unreadable setup state %s: %s", path, exc)
-        return {}
+        try:
+            return json.loads(self.path(uid).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable setup state %s: %s", self.path(uid), exc)
+            return {}
 
     def saved_configs(self) -> list[tuple[str, str]]:
         """(project, labeling config) of every project /setup told about."""
@@ -78,21 +137,6 @@ class SetupStore:
             if isinstance(record.get("label_config"), str):
                 configs.append((str(record.get("project")), record["label_config"]))
         return configs
-
-
-def _project_key(project: str | None) -> str | None:
-    """`project-<id>.<timestamp>` for Label Studio's project string, `project-<id>` for a bare id."""
-    head, dot, stamp = str(project or "").partition(".")
-    if not head.isdigit() or (dot and not stamp.isdigit()):
-        return None
-    return f"project-{head}.{stamp}" if dot else f"project-{head}"
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _write_private_json(path: Path, record: dict) -> None:

@@ -12,14 +12,15 @@
 from __future__ import annotations
 
 from backend.settings import Settings
-from backend.training.registry import PromotedVersion, project_id, promoted_version_at
+from backend.sources.label_studio import project_uid
+from backend.training.registry import PromotedVersion, promoted_version_at
 
 
 def promoted_version(settings: Settings, project: object) -> PromotedVersion | None:
-    """The model version serving a Label Studio project ("12.1700000000", "12" or 12), or None when the
-    configured models serve it. Cheap: one stat of the project's promoted.json per call."""
-    project = project_id(project)
-    return None if project is None else promoted_version_at(settings.model_root_path, project)
+    """The model version serving a Label Studio project uid ("12.1700000000"), or None when the configured
+    models serve it (also for a bare id: it names no project). Cheap: one stat of its promoted.json per call."""
+    uid = project_uid(project)
+    return None if uid is None else promoted_version_at(settings.model_root_path, uid)
 
 
 __all__ = ["PromotedVersion", "promoted_version"]

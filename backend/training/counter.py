@@ -12,7 +12,7 @@ class AnnotationCounter:
     def __init__(self, model_root: Path) -> None:
         self.model_root = Path(model_root)
 
-    def add(self, project: int) -> int:
+    def add(self, project: str) -> int:
         """Count one event; returns the project's total so far."""
         path = project_dir(self.model_root, project) / "annotation-events"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Training job state per project, shared by every gunicorn worker, the training processes and RQ workers.
 
-One JSON file per project (MODEL_ROOT/projects/<id>/job.json) changed only under an exclusive
+One JSON file per project uid (MODEL_ROOT/projects/<uid>/job.json) changed only under an exclusive
 `fcntl` lock on its neighbour `job.lock`, so triggers that reach different workers at the same time
 see one another: the first queues a job, the next ones while it is queued or running ask for one
 more run after it (`rerun`), and any further ones are absorbed by that.
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from backend.sources.label_studio import project_uid
 from backend.training.registry import project_dir, write_json_atomic
 
 logger = logging.getLogger("backend.training")
@@ -60,7 +61,7 @@ class JobBoard:
         with open(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                state = self._read(state_path) or {"project": int(project), "state": "idle"}
+                state = self._read(state_path) or {"project": str(project), "state": "idle"}
                 before = json.dumps(state, sort_keys=True)
                 yield state
                 if json.dumps(state, sort_keys=True) != before:
@@ -78,7 +79,7 @@ class JobBoard:
         return state if isinstance(state, dict) else None
 
     def state(self, project: int) -> dict:
-        return self._read(self._paths(project)[0]) or {"project": int(project), "state": "idle"}
+        return self._read(self._paths(project)[0]) or {"project": str(project), "state": "idle"}
 
     def all_states(self) -> list[dict]:
         root = self.model_root / "projects"
@@ -86,8 +87,8 @@ class JobBoard:
             return []
         states = []
         for entry in sorted(root.iterdir(), key=lambda p: (len(p.name), p.name)):
-            if entry.name.isdigit() and (state := self._read(entry / JOB_FILE)) is not None:
-                states.append(state)
+            if project_uid(entry.name) == entry.name and (state := self._read(entry / JOB_FILE)) is not None:
+                states.append(state | {"project": entry.name})  # an adopted folder's job.json has the bare id
         return states
 
     # ------------------------------------------------------------ transitions
@@ -106,7 +107,7 @@ class JobBoard:
                 state["rerun"] = True
                 return "coalesced"
             state.clear()
-            state.update({"project": int(project), "state": "queued", "phase": "queued", "job_id": uuid.uuid4().hex,
+            state.update({"project": str(project), "state": "queued", "phase": "queued", "job_id": uuid.uuid4().hex,
                           "reason": reason, "queued_at": time.time(), "rerun": False, "launcher": this_process()})
             return "queued"
 

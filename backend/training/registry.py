@@ -1,8 +1,13 @@
 """Trained models of each Label Studio project: versions, their cards, and which one is served.
 
-    MODEL_ROOT/projects/<id>/p<id>-v<k>.pt     the model of version k (promoted or rejected)
-    MODEL_ROOT/projects/<id>/p<id>-v<k>.json   its card: classes, counts, epochs, val mAP of new and previous
-    MODEL_ROOT/projects/<id>/promoted.json     {"version": k, ...}: the version every worker serves
+    MODEL_ROOT/projects/<uid>/p<id>-v<k>.pt     the model of version k (promoted or rejected)
+    MODEL_ROOT/projects/<uid>/p<id>-v<k>.json   its card: classes, counts, epochs, val mAP of new and previous
+    MODEL_ROOT/projects/<uid>/promoted.json     {"version": k, ...}: the version every worker serves
+
+<uid> is Label Studio's project uid "<id>.<created_at in Unix seconds>" (backend.sources.label_studio):
+a project of the same id on another Label Studio server (or one that claims to be) has another folder,
+so it can neither train into, read, nor replace what this project is served. Folders of earlier
+versions (MODEL_ROOT/projects/<id>/) are renamed to their uid by `adopt_legacy` (see docs/security.md).
 
 Every file is written to a temporary name in the same folder and renamed into place, the pointer
 last, so a job killed at any moment leaves either the old or the new version served, never half a
@@ -21,13 +26,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.sources.label_studio import project_uid
+
 PROMOTED_FILE = "promoted.json"
 _VERSION_FILE = re.compile(r"^p(\d+)-v(\d+)\.(pt|json)$")
 
 
 @dataclass(frozen=True)
 class PromotedVersion:
-    project: int
+    project: str  # the uid
     version: int
     path: Path  # the model file
     relative_path: str  # the same, relative to MODEL_ROOT (how a control's model_path names a file)
@@ -40,12 +47,34 @@ class PromotedVersion:
         return self.path.stem
 
 
-def project_dir(model_root: Path, project: int) -> Path:
-    return Path(model_root) / "projects" / str(int(project))
+def checked_uid(project: str) -> str:
+    uid = project_uid(project)
+    if uid is None:
+        raise ValueError(f"'{str(project)[:60]}' is not a Label Studio project uid (\"<id>.<timestamp>\")")
+    return uid
 
 
-def version_stem(project: int, version: int) -> str:
-    return f"p{int(project)}-v{int(version)}"
+def project_dir(model_root: Path, project: str) -> Path:
+    return Path(model_root) / "projects" / checked_uid(project)
+
+
+def version_stem(project: str, version: int) -> str:
+    """`p12-v3`: the model file's stem (model versions are derived from it), named by the project's id."""
+    return f"p{checked_uid(project).partition('.')[0]}-v{int(version)}"
+
+
+def adopt_legacy(model_root: Path, project: str) -> bool:
+    """Give an earlier version's MODEL_ROOT/projects/<id>/ to the project uid: renamed to projects/<uid>/ when
+    no folder of that id has a uid yet. Called on a /setup from a trusted caller (Label Studio itself)."""
+    uid = checked_uid(project)
+    legacy = Path(model_root) / "projects" / uid.partition(".")[0]
+    if not legacy.is_dir() or any(legacy.parent.glob(f"{legacy.name}.*")):
+        return False
+    try:
+        os.rename(legacy, project_dir(model_root, uid))
+    except OSError:  # another worker adopted it at the same moment
+        return False
+    return True
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -71,9 +100,10 @@ class ProjectModels:
     """The versions of one project's models; safe for several processes when one job writes at a time
     (the job board's lock guarantees that)."""
 
-    def __init__(self, model_root: Path, project: int) -> None:
+    def __init__(self, model_root: Path, project: str) -> None:
         self.model_root = Path(model_root)
-        self.project = int(project)
+        self.project = checked_uid(project)
+        self.project_id = int(self.project.partition(".")[0])
         self.directory = project_dir(self.model_root, self.project)
 
     def versions(self) -> list[int]:
@@ -83,7 +113,7 @@ class ProjectModels:
         found = set()
         for entry in self.directory.iterdir():
             match = _VERSION_FILE.match(entry.name)
-            if match and int(match.group(1)) == self.project:
+            if match and int(match.group(1)) == self.project_id:
                 found.add(int(match.group(2)))
         return sorted(found)
 
@@ -141,7 +171,7 @@ _promoted_cache: dict[Path, tuple[tuple[int, int], PromotedVersion | None]] = {}
 _promoted_lock = threading.Lock()
 
 
-def promoted_version_at(model_root: Path, project: int) -> PromotedVersion | None:
+def promoted_version_at(model_root: Path, project: str) -> PromotedVersion | None:
     """The promoted version of a project, re-read only when `promoted.json` changes (one stat per call)."""
     pointer = project_dir(model_root, project) / PROMOTED_FILE
     try:
@@ -153,13 +183,13 @@ def promoted_version_at(model_root: Path, project: int) -> PromotedVersion | Non
         cached = _promoted_cache.get(pointer)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    found = _read_pointer(Path(model_root), int(project), pointer)
+    found = _read_pointer(Path(model_root), checked_uid(project), pointer)
     with _promoted_lock:
         _promoted_cache[pointer] = (stamp, found)
     return found
 
 
-def _read_pointer(model_root: Path, project: int, pointer: Path) -> PromotedVersion | None:
+def _read_pointer(model_root: Path, project: str, pointer: Path) -> PromotedVersion | None:
     try:
         record = json.loads(pointer.read_text())
         version = int(record["version"])
@@ -173,23 +203,18 @@ def _read_pointer(model_root: Path, project: int, pointer: Path) -> PromotedVers
                            tuple(str(name) for name in record.get("classes") or ()))
 
 
-def project_id(project: object) -> int | None:
-    """Label Studio's project reference ("12.1700000000" in /predict, 12 in webhooks) as an id."""
-    if isinstance(project, bool):
-        return None
-    if isinstance(project, int):
-        return project if project > 0 else None
-    head = str(project or "").partition(".")[0]
-    return int(head) if head.isdigit() and int(head) > 0 else None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.training.registry",
                                      description="List a project's trained versions or serve another one (roll back).")
     parser.add_argument("--model_root", type=Path, default=Path(os.environ.get("MODEL_ROOT", "./models")))
-    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    parser.add_argument("--project", required=True, help="Label Studio project uid (<id>.<timestamp>: the folder's "
+                                                          "name under MODEL_ROOT/projects/)")
     parser.add_argument("--promote", type=int, metavar="VERSION", help="serve this version from the next request on")
     args = parser.parse_args(argv)
+    if project_uid(args.project) is None:
+        print(f"error: --project {args.project[:60]} is not a project uid; the projects that have trained: "
+              f"{', '.join(sorted(p.name for p in (args.model_root / 'projects').glob('*.*'))) or 'none'}")
+        return 2
     models = ProjectModels(args.model_root, args.project)
     if args.promote is not None:
         try:

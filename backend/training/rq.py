@@ -25,7 +25,7 @@ def enqueue(url: str, spec: JobSpec) -> str:
 
     connection = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
     queue = Queue(QUEUE_NAME, connection=connection)
-    job = queue.enqueue(run_queued_job, spec.project, spec.job_id, spec.hostname, spec.token,
+    job = queue.enqueue(run_queued_job, spec.project, spec.job_id, spec.hostname, spec.token, spec.trusted,
                         job_timeout=JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=7 * 86400,
                         description=f"train Label Studio project {spec.project}")
     return job.id
@@ -47,7 +47,7 @@ def job_gone(url: str, rq_job_id: str) -> bool:
         return False
 
 
-def run_queued_job(project: int, job_id: str, hostname: str, token: str) -> None:
+def run_queued_job(project: str, job_id: str, hostname: str, token: str, trusted: bool = True) -> None:
     settings = Settings.load()
     logging.getLogger("backend.training").setLevel(settings.log_level.upper())
-    run_jobs(settings, JobSpec(project, job_id, hostname, token))
+    run_jobs(settings, JobSpec(project, job_id, hostname, token, trusted))

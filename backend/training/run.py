@@ -24,6 +24,7 @@ from pathlib import Path
 from formats.label_config import LabelConfig, parse_label_config
 from backend.sources.label_studio import AccessTokens, Credentials
 from backend.sources.object_storage import direct_storage
+from backend.sources.url_policy import AddressPolicy, AddressRefused
 from backend.settings import Settings
 from backend.training import dataset as datasets
 from backend.training import trainer
@@ -36,14 +37,15 @@ logger = logging.getLogger("backend.training")
 
 @dataclass(frozen=True)
 class JobSpec:
-    project: int
+    project: str  # Label Studio's project uid, "<id>.<timestamp>"
     job_id: str
     hostname: str = ""
     token: str = ""
+    trusted: bool = True  # Credentials.trusted: LABEL_STUDIO_URL, or a /setup from an authenticated or loopback caller
 
     @property
     def credentials(self) -> Credentials | None:
-        return Credentials(self.hostname.rstrip("/"), self.token) if self.hostname or self.token else None
+        return Credentials(self.hostname.rstrip("/"), self.token, self.trusted) if self.hostname or self.token else None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -58,13 +60,13 @@ def run_jobs(settings: Settings, spec: JobSpec) -> None:
     board = JobBoard(settings.model_root_path)
     job_id: str | None = spec.job_id
     while job_id is not None:
-        job_id = run_job(settings, JobSpec(spec.project, job_id, spec.hostname, spec.token), board)
+        job_id = run_job(settings, JobSpec(spec.project, job_id, spec.hostname, spec.token, spec.trusted), board)
 
 
 def run_job(settings: Settings, spec: JobSpec, board: JobBoard) -> str | None:
     """One job; returns the follow-up job id when another trigger came in while it ran."""
     if not board.start(spec.project, spec.job_id):
-        logger.info("training job %s of project %d is no longer queued; skipped", spec.job_id, spec.project)
+        logger.info("training job %s of project %s is no longer queued; skipped", spec.job_id, spec.project)
         return None
     models = ProjectModels(settings.model_root_path, spec.project)
     work = models.directory / f".work-{spec.job_id}"
@@ -77,12 +79,12 @@ def run_job(settings: Settings, spec: JobSpec, board: JobBoard) -> str | None:
     except (datasets.DatasetError, trainer.OutOfMemory) as exc:
         outcome, message, details = "failed", str(exc), {}
     except Exception as exc:  # a job must end with a reason, whatever broke
-        logger.exception("training job of project %d failed", spec.project)
+        logger.exception("training job of project %s failed", spec.project)
         outcome, message, details = "failed", f"{type(exc).__name__}: {str(exc)[:300]}", {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log = {"promoted": logger.info, "rejected": logger.info, "failed": logger.error}.get(outcome, logger.warning)
-    log("training project %d: %s: %s (%.0f s)", spec.project, outcome, message, time.monotonic() - started)
+    log("training project %s: %s: %s (%.0f s)", spec.project, outcome, message, time.monotonic() - started)
     return board.finish(spec.project, spec.job_id, outcome, message, seconds=round(time.monotonic() - started, 1),
                         **details)
 
@@ -97,6 +99,12 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
     device = settings.train_device or select_device(settings.device)
     options = trainer.TrainOptions(settings.train_epochs, settings.train_imgsz, settings.train_batch, device, threads)
     board.progress(spec.project, spec.job_id, "reading tasks")
+    if spec.credentials is not None and not spec.credentials.trusted:  # named by an unauthenticated remote /setup
+        try:
+            AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts).guard(None) \
+                .check_url(spec.credentials.hostname)
+        except (AddressRefused, OSError) as exc:
+            raise _Refused(f"the Label Studio host an unauthenticated caller named in /setup is refused: {exc}") from None
     project = datasets.read_project(spec.credentials, spec.project, work, settings.download_timeout)
     config = parse_label_config(project.label_config)
     task = datasets.trainable_task(config)
@@ -112,13 +120,13 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
                                       settings.polygon_tolerance)
     except datasets.TooFewImages as exc:
         raise _Refused(str(exc)) from None
-    logger.info("training project %d: %d images, %d annotations, classes %s, %s from %s, %d epochs at %d on %s",
+    logger.info("training project %s: %d images, %d annotations, classes %s, %s from %s, %d epochs at %d on %s",
                 spec.project, data.images, data.annotations, ", ".join(data.classes), data.task, served.name,
                 options.epochs, options.imgsz, device)
     board.progress(spec.project, spec.job_id, "training", epoch=0, epochs=options.epochs, images=data.images)
 
     def on_epoch(epoch: int, epochs: int) -> None:
-        logger.info("training project %d: epoch %d of %d", spec.project, epoch, epochs)
+        logger.info("training project %s: epoch %d of %d", spec.project, epoch, epochs)
         board.progress(spec.project, spec.job_id, "training", epoch=epoch, epochs=epochs)
 
     label_of = _label_mapper(config, data.task, data.classes)
@@ -153,7 +161,7 @@ def served_weights(settings: Settings, config: LabelConfig, project: int, task: 
     controls = task_controls(config, task)
     control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])
     choice = model_choice(control, settings, project)
-    return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting)
+    return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting, choice.trained)
 
 
 def _model_task(weights: Path) -> str:

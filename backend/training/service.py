@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.sources.label_studio import Credentials
+from backend.sources.label_studio import Credentials, webhook_project_uid
 from backend.settings import Settings
 from backend.training.counter import AnnotationCounter
 from backend.training.jobs import JobBoard
-from backend.training.registry import ProjectModels, project_id
+from backend.training.registry import ProjectModels, adopt_legacy
 from backend.training.run import JobSpec
 
 logger = logging.getLogger("backend.training")
@@ -47,41 +47,53 @@ class TrainingService:
 
     # ------------------------------------------------------------ webhooks
 
-    def webhook(self, payload: dict, credentials_for: Callable[[int], Credentials | None]) -> WebhookAnswer:
-        """`credentials_for(project id)`: the backend's Label Studio URL and token for that project."""
+    def webhook(self, payload: dict, credentials_for: Callable[[str], Credentials | None]) -> WebhookAnswer:
+        """`credentials_for(project uid)`: the backend's Label Studio URL and token for that project, if any.
+        Only what the backend acts on touches the disk: other actions, and projects it cannot reach, are ignored."""
         action = payload.get("action")
         if not isinstance(action, str) or not action:
             return WebhookAnswer(400, {"error": "'action' must be a non-empty string (a Label Studio webhook event)"})
-        project = payload.get("project")
-        project = project_id(project.get("id") if isinstance(project, dict) else project)
+        if action != "START_TRAINING" and not (action in ANNOTATION_EVENTS and self.settings.train_every):
+            return WebhookAnswer(200, {"status": "ignored", "action": action[:100]})
+        try:
+            project = webhook_project_uid(payload.get("project"))
+        except ValueError as exc:
+            return WebhookAnswer(400, {"error": f"{action}: {exc}"})
+        credentials = credentials_for(project)
+        if credentials is None or not (credentials.hostname and credentials.token):
+            logger.info("%s for project %s ignored: no /setup for it, and no LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
+                        "to read it with", action, project)
+            return WebhookAnswer(200, {"status": "ignored: unknown project", "action": action, "project": project})
         if action == "START_TRAINING":
-            if project is None:
-                return WebhookAnswer(400, {"error": "START_TRAINING without a project id ('project.id')"})
-            result = self.trigger(project, "START_TRAINING webhook", credentials_for(project))
+            result = self.trigger(project, "START_TRAINING webhook", credentials)
             return WebhookAnswer(201, {"status": result, "action": action, "project": project,
                                        "job": self.board.state(project)})
-        if action in ANNOTATION_EVENTS and project is not None and self.settings.train_every:
-            count = self.counter.add(project)
-            if count % self.settings.train_every == 0:
-                result = self.trigger(project, f"{count} annotation events (TRAIN_EVERY={self.settings.train_every})",
-                                      credentials_for(project))
-                return WebhookAnswer(201, {"status": result, "action": action, "project": project,
-                                           "annotation_events": count})
-            return WebhookAnswer(201, {"status": "counted", "action": action, "project": project,
+        count = self.counter.add(project)
+        if count % self.settings.train_every == 0:
+            result = self.trigger(project, f"{count} annotation events (TRAIN_EVERY={self.settings.train_every})",
+                                  credentials)
+            return WebhookAnswer(201, {"status": result, "action": action, "project": project,
                                        "annotation_events": count})
-        return WebhookAnswer(201, {"status": "ok", "action": action})
+        return WebhookAnswer(201, {"status": "counted", "action": action, "project": project,
+                                   "annotation_events": count})
 
-    def trigger(self, project: int, reason: str, credentials: Credentials | None) -> str:
-        """Queue a job for the project (or fold the trigger into the active one); returns what happened."""
+    def adopt_legacy(self, project: str) -> None:
+        """An earlier version's MODEL_ROOT/projects/<id>/ becomes this project uid's (on a trusted /setup)."""
+        if adopt_legacy(self.settings.model_root_path, project):
+            logger.info("trained models of project %s from an earlier version (MODEL_ROOT/projects/%s/) now belong to "
+                        "project %s", project.partition(".")[0], project.partition(".")[0], project)
+
+    def trigger(self, project: str, reason: str, credentials: Credentials | None) -> str:
+        """Queue a job for the project uid (or fold the trigger into the active one); returns what happened."""
         result = self.board.request(project, reason, self._queue_job_gone if self.settings.train_queue else None)
         state = self.board.state(project)
         if result == "queued":
             spec = JobSpec(project, state["job_id"], credentials.hostname if credentials else "",
-                           credentials.token if credentials else "")
+                           credentials.token if credentials else "", credentials.trusted if credentials else True)
             self._dispatch(spec)
-            logger.info("training project %d queued (%s)", project, reason)
+            logger.info("training project %s queued (%s)", project, reason)
         else:
-            logger.info("training project %d: %s %s into the %s job", project, reason, result, state.get("state"))
+            logger.info("training project %s: %s %s into the %s job", project, reason, result, state.get("state"))
         return result
 
     def _dispatch(self, spec: JobSpec) -> None:
@@ -119,7 +131,7 @@ class TrainingService:
                                            "the previous model keeps serving")
             if follow_up is None:
                 return
-            spec = JobSpec(spec.project, follow_up, spec.hostname, spec.token)
+            spec = JobSpec(spec.project, follow_up, spec.hostname, spec.token, spec.trusted)
 
     # ------------------------------------------------------------ status
 
@@ -127,7 +139,7 @@ class TrainingService:
         """Job state and promoted version of every project that has trained."""
         projects = []
         for state in self.board.all_states():
-            project = int(state.get("project") or 0)
+            project = str(state["project"])
             promoted = ProjectModels(self.settings.model_root_path, project).promoted()
             projects.append({key: state.get(key) for key in ("project", "state", "phase", "epoch", "epochs", "message",
                                                              "version", "map_new", "map_previous", "seconds", "rerun")
@@ -139,7 +151,7 @@ class TrainingService:
         """Every trained version of each project (promoted, rejected), from the model cards."""
         answer = {}
         for state in self.board.all_states():
-            project = int(state.get("project") or 0)
+            project = str(state["project"])
             models = ProjectModels(self.settings.model_root_path, project)
             promoted = models.promoted()
             answer[str(project)] = [{key: card.get(key) for key in CARD_SUMMARY}

@@ -80,6 +80,7 @@ class ProjectClient:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.project_id = project_id
+        self.project_uid: str | None = None  # "<id>.<created_at>", known once label_config() has read the project
         self.retry = retry
         self._sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=retry.timeout_s, max_retries=0)
         self._options = {**NO_SDK_RETRIES, "timeout_in_seconds": int(retry.timeout_s)}
@@ -110,6 +111,8 @@ class ProjectClient:
     def label_config(self) -> str:
         project = self._call(f"reading project {self.project_id}",
                              lambda: self._sdk.projects.get(self.project_id, request_options=self._options))
+        if project.created_at is not None:  # the uid the backend keeps the project's trained models under
+            self.project_uid = f"{self.project_id}.{int(project.created_at.timestamp())}"
         return str(project.label_config or "")
 
     def task_page(self, page: int, page_size: int) -> tuple[list[dict], int]:

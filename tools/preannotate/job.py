@@ -160,7 +160,7 @@ def run_local(options: JobOptions, on_outcome: Callable[[Outcome], None] | None 
     started = time.monotonic()
     client = options.client()
     label_config, total = read_project(client)
-    predictor = TaskPredictor(options.settings, label_config, options.credentials, options.project)
+    predictor = TaskPredictor(options.settings, label_config, options.credentials, client.project_uid)
     predictor.check_models()
     summary = JobSummary(predictor.version, options.dry_run)
     writer = None if options.dry_run else client

@@ -145,7 +145,7 @@ def run_on_ray(options: JobOptions, ray_options: RayOptions,
     label_config, total = read_project(client)
     config = parse_config(label_config)
     services = build_backend(options.settings)
-    version = model_version(services, config, options.project)
+    version = model_version(services, config, client.project_uid)
     del services
     _start_ray(ray_options.address)
     n_actors, gpus, cpus = _actor_resources(ray_options)
@@ -165,7 +165,7 @@ def run_on_ray(options: JobOptions, ray_options: RayOptions,
                                     num_cpus=cpus, num_gpus=gpus,
                                     fn_constructor_kwargs={"settings": options.settings, "label_config": label_config,
                                                            "credentials": options.credentials, "version": version,
-                                                           "threads": max(1, int(cpus)), "project": options.project},
+                                                           "threads": max(1, int(cpus)), "project": client.project_uid},
                                     max_restarts=-1, max_task_retries=BATCH_RETRIES)
                        .map_batches(WriteActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=ray_options.max_inflight),
                                     num_cpus=0,
