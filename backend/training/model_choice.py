@@ -26,7 +26,6 @@ class ModelChoice:
     setting: str  # where it came from, for error messages
     task_model: bool = False  # a pose, OBB or classification control's model (TaskYoloModel)
     trained: bool = False  # the project's trained model: predicts at the size it was trained at, not YOLO_IMGSZ
-    trained: bool = False  # the project's trained model: predicts at the size it was trained at, not YOLO_IMGSZ
 
 
 def model_choice(control: Control, settings: Settings, project: object = None) -> ModelChoice:
