@@ -50,6 +50,7 @@ class Services:
     model_errors: dict[str, str] = field(default_factory=dict)  # setting -> why its model did not load
     reporter: ConfigReporter = field(default_factory=ConfigReporter)
     ignored_hosts: set[str] = field(default_factory=set)  # /setup hostnames not used, as LABEL_STUDIO_URL is set
+    ignored_hosts: set[str] = field(default_factory=set)  # /setup hostnames not used, as LABEL_STUDIO_URL is set
     training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
     token_check: TokenCheck | None = None
 
@@ -82,9 +83,10 @@ class Services:
 
     def check_token_in_background(self, project: str | None) -> None:
         """After /setup: does Label Studio accept the token downloads will use? (An ERROR with the fix if not.)"""
-        if self.token_check is not None:
+        credentials = self.credentials(project)
+        if self.token_check is not None and (credentials is None or credentials.trusted):  # not an untrusted host
             source = "LABEL_STUDIO_API_KEY" if self.settings.label_studio_api_key else "the token Label Studio sent in /setup"
-            self.token_check.check_in_background(self.credentials(project), source)
+            self.token_check.check_in_background(credentials, source)
 
     # ------------------------------------------------------------ versions
 
