@@ -147,3 +147,15 @@ def test_a_password_on_the_command_line_works_but_warns(monkeypatch: pytest.Monk
     assert cli.main(["--basic-auth-user", "ls", "--basic-auth-pass", "pw"]) == 0
     assert seen[0].basic_auth_pass == "pw"
     assert any("--basic-auth-pass" in r.getMessage() and "ps" in r.getMessage() for r in caplog.records)
+
+
+def test_the_key_without_its_url_stops_gunicorn_with_exit_2_too(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "LABEL_STUDIO_API_KEY": "operator-key"}
+    process = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "-c", "backend/gunicorn.conf.py",
+                              "backend._wsgi:app"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    assert process.stderr.strip().count("\n") == 0 and "LABEL_STUDIO_URL" in process.stderr

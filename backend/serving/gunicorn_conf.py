@@ -12,11 +12,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sys
 import tempfile
 
-from backend.settings import Settings
+from backend.settings import Settings, SettingsError
 
-_settings = Settings.load()
+try:
+    _settings = Settings.load()
+except SettingsError as _error:  # one sentence and exit 2, as `python backend/_wsgi.py` does (not gunicorn's traceback)
+    print(f"error: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9090')}"
 workers = _settings.workers
