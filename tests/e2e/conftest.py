@@ -2,6 +2,10 @@
 user's command (`label-studio-ml start backend --port P --with ...`), and projects built through
 Label Studio's API the way a user builds them in the browser.
 
+Label Studio runs as a new user gets it: legacy tokens off (1.23's default for a new organization), so
+backends get what the Quick start tells users to give them, LABEL_STUDIO_URL and a personal access token
+made through Label Studio's API (`POST /api/token/`, the "Create New Token" button).
+
 Label Studio comes from its own venv: $LS_VENV, else `.ls-venv` in the repository (`.ci/run` makes it).
 """
 
@@ -29,7 +33,8 @@ from tools.shapes_dataset import generate_image
 LS_VERSION = "1.23.2"
 LS_EMAIL = "e2e@example.com"
 LS_PASSWORD = "e2e-password-1234"
-LS_LEGACY_TOKEN = "e2e0legacy0token0for0setup"
+LS_LEGACY_TOKEN = "e2e0legacy0token0for0setup"  # the user's legacy token, which /setup carries and 1.23 refuses
+BASIC_AUTH = ("label-studio", "e2e-basic-auth-pass")
 # First start runs every migration; on 2 busy cores that has taken over a minute.
 LS_STARTUP_TIMEOUT_S = 420
 BACKEND_STARTUP_TIMEOUT_S = 180
@@ -109,13 +114,14 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
 class Backend:
     server: ServerProcess
     cache_dir: Path
+    basic_auth: tuple[str, str] | None = None  # BASIC_AUTH_USER, BASIC_AUTH_PASS it was started with
 
     @property
     def url(self) -> str:
         return self.server.url
 
     def health(self) -> dict:
-        return requests.get(f"{self.url}/health", timeout=30).json()
+        return requests.get(f"{self.url}/health", auth=self.basic_auth, timeout=30).json()
 
     def setup_record(self, project_id: int) -> dict:
         """What the last /setup for this project told the backend (hostname, access_token, config)."""
@@ -123,7 +129,7 @@ class Backend:
         return json.loads(path.read_text())
 
     def predict(self, body: dict) -> dict:
-        response = requests.post(f"{self.url}/predict", json=body, timeout=300)
+        response = requests.post(f"{self.url}/predict", json=body, auth=self.basic_auth, timeout=300)
         response.raise_for_status()
         return response.json()
 
@@ -132,20 +138,31 @@ StartBackend = Callable[..., Backend]
 
 
 @pytest.fixture(scope="session")
-def start_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartBackend]:
+def start_backend(label_studio: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartBackend]:
     """`start_backend(extra_with=[...], env={...})`: the backend as `label-studio-ml start backend --port P
     --with <demo models> <extra_with>` runs it, from the repository root; the same arguments give the
-    same running backend. Settings variables of this process's environment are not passed on."""
+    same running backend. Settings variables of this process's environment are not passed on.
+
+    As the Quick start says, it gets LABEL_STUDIO_URL and a personal access token as LABEL_STUDIO_API_KEY
+    (`personal_access_token=False`: only what /setup sends); `basic_auth=(user, password)` also sets
+    BASIC_AUTH_USER and BASIC_AUTH_PASS, which make_project then gives Label Studio's Connect Model."""
     started: dict[tuple, Backend] = {}
     bin_dir = Path(sys.executable).parent
 
-    def start(extra_with: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Backend:
-        key = (tuple(extra_with), tuple(sorted((env or {}).items())))
+    def start(extra_with: Sequence[str] = (), env: Mapping[str, str] | None = None, *,
+              personal_access_token: bool = True, basic_auth: tuple[str, str] | None = None) -> Backend:
+        env = dict(env or {})
+        if personal_access_token:
+            env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.personal_access_token(),
+                   **env}
+        if basic_auth is not None:
+            env.update(BASIC_AUTH_USER=basic_auth[0], BASIC_AUTH_PASS=basic_auth[1])
+        key = (tuple(extra_with), tuple(sorted(env.items())))
         if key not in started:
             root = tmp_path_factory.mktemp("backend")
             port = free_port()
             process_env = {name: value for name, value in os.environ.items() if name not in SETTING_ENV_NAMES}
-            process_env.update(env or {})
+            process_env.update(env)
             process_env["PATH"] = f"{bin_dir}{os.pathsep}{process_env.get('PATH', '')}"
             process_env["HOST"] = "127.0.0.1"  # _wsgi.py's default host; label-studio-ml passes none
             command = [str(bin_dir / "label-studio-ml"), "start", "backend", "--port", str(port),
@@ -153,7 +170,7 @@ def start_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartBac
             server = start_server("backend", command, cwd=REPO_ROOT, env=process_env, log_path=root / "backend.log",
                                   url=f"http://127.0.0.1:{port}", ready_path="/health",
                                   timeout_s=BACKEND_STARTUP_TIMEOUT_S)
-            started[key] = Backend(server, root / "cache")
+            started[key] = Backend(server, root / "cache", basic_auth)
         return started[key]
 
     try:
@@ -165,8 +182,9 @@ def start_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartBac
 
 @pytest.fixture(scope="session")
 def yolo_backend(start_backend: StartBackend) -> Backend:
-    """Demo YOLO models, no API key: image downloads use what Label Studio sends in /setup."""
-    return start_backend()
+    """Demo YOLO models started as the Quick start says (LABEL_STUDIO_URL, a personal access token), behind
+    basic auth that Label Studio's Connect Model is given."""
+    return start_backend(basic_auth=BASIC_AUTH)
 
 
 # ---------------------------------------------------------------- projects
@@ -198,14 +216,14 @@ MakeProject = Callable[..., Project]
 @pytest.fixture(scope="session")
 def make_project(label_studio: LabelStudio) -> MakeProject:
     """`make_project(backend, title, ...)`: create a project, upload shapes PNGs (one task each), connect
-    `backend` (with `basic_auth` credentials, if given) and, unless `retrieve=False`, run "Retrieve Predictions"
-    on every task. `legacy_tokens` sets the organization's legacy-token switch first (Label Studio's default is off)."""
+    `backend` (with `basic_auth` credentials, by default the backend's own) and, unless `retrieve=False`, run
+    "Retrieve Predictions" on every task. Legacy tokens stay off, as in a new organization."""
 
     def make(backend: Backend, title: str, seeds: Sequence[int] = E2E_SEEDS, label_config: str = ALL_CONTROLS_CONFIG,
-             legacy_tokens: bool = False, interactive: bool = False, retrieve: bool = True,
+             interactive: bool = False, retrieve: bool = True,
              basic_auth: tuple[str, str] | None = None) -> Project:
         client = label_studio.client
-        client.set_legacy_tokens(legacy_tokens)
+        basic_auth = basic_auth or backend.basic_auth
         project_id = client.create_project(title, label_config)
         files = {f"shapes-{seed}.png": shapes_png(seed) for seed in seeds}
         task_ids = client.import_files(project_id, files, "image/png")
@@ -223,12 +241,9 @@ def make_project(label_studio: LabelStudio) -> MakeProject:
 
 
 @pytest.fixture(scope="session")
-def shapes_project(label_studio: LabelStudio, yolo_backend: Backend, make_project: MakeProject) -> Iterator[Project]:
-    """Predictions retrieved with the organization's legacy tokens on, so the /setup token downloads."""
-    try:
-        yield make_project(yolo_backend, "e2e shapes", legacy_tokens=True)
-    finally:
-        label_studio.client.set_legacy_tokens(False)
+def shapes_project(yolo_backend: Backend, make_project: MakeProject) -> Project:
+    """Predictions retrieved through a backend with a personal access token and basic auth."""
+    return make_project(yolo_backend, "e2e shapes")
 
 
 @dataclass(frozen=True)

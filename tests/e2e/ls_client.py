@@ -1,7 +1,7 @@
 """A Label Studio 1.23 API client for the end-to-end tests, logged in the way the browser is.
 
-It uses a session cookie (plus Django's CSRF header), like the Data Manager, so it keeps working
-whatever the organization's token settings are; the tests switch legacy tokens on and off.
+It uses a session cookie (plus Django's CSRF header), like the Data Manager, so it needs no token: the
+organization keeps a new organization's token settings (legacy tokens off).
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ class LabelStudioClient:
 
     # ---------------------------------------------------------------- organization and tokens
 
-    def set_legacy_tokens(self, enabled: bool) -> None:
+    def legacy_tokens_enabled(self) -> bool:
         """Organization setting (off by default in 1.23): accept `Authorization: Token <legacy token>`."""
-        self.request("POST", "/api/jwt/settings", json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": enabled})
+        return bool(self.request("GET", "/api/jwt/settings").json()["legacy_api_tokens_enabled"])
 
     def create_personal_access_token(self) -> str:
-        """A personal access token (a JWT refresh token); Label Studio allows one per user."""
+        """A personal access token (a JWT refresh token): Account & Settings -> Personal Access Token -> Create New
+        Token. Label Studio allows one per user."""
         return self.request("POST", "/api/token/").json()["token"]
 
     # ---------------------------------------------------------------- projects and tasks

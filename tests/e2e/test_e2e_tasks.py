@@ -5,7 +5,6 @@ the backend batches the tasks in another process; exactness against Ultralytics 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -33,16 +32,6 @@ def png(image: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-@pytest.fixture(scope="module")
-def legacy_tokens(label_studio: LabelStudio) -> Iterator[None]:
-    """The /setup token downloads uploads only with the organization's legacy tokens on."""
-    label_studio.client.set_legacy_tokens(True)
-    try:
-        yield
-    finally:
-        label_studio.client.set_legacy_tokens(False)
-
-
 def retrieved(label_studio: LabelStudio, backend: Backend, title: str, config: str, files: dict[str, bytes],
               content_type: str) -> dict[str, dict]:
     """Create the project, import the files, connect the backend, retrieve predictions; the stored
@@ -50,7 +39,8 @@ def retrieved(label_studio: LabelStudio, backend: Backend, title: str, config: s
     client = label_studio.client
     project_id = client.create_project(title, config)
     task_ids = client.import_files(project_id, files, content_type)
-    assert client.connect_model(project_id, backend.url, f"{title} model").readable_state == "Connected"
+    assert client.connect_model(project_id, backend.url, f"{title} model",
+                                basic_auth=backend.basic_auth).readable_state == "Connected"
     client.retrieve_predictions(project_id, task_ids)
     stored = {}
     for task_id in task_ids:
@@ -66,8 +56,7 @@ def own_output(model_file: str, image_bgr: np.ndarray, conf: float = SCORE_THRES
     return model.predict([np.ascontiguousarray(image_bgr[:, :, ::-1])], conf)[0]
 
 
-def test_obb_rotated_rectangles_stored_by_label_studio(label_studio: LabelStudio, yolo_backend: Backend,
-                                                       legacy_tokens: None) -> None:
+def test_obb_rotated_rectangles_stored_by_label_studio(label_studio: LabelStudio, yolo_backend: Backend) -> None:
     images = {f"obb-{seed}.png": generate_obb_image(seed)[0] for seed in SEEDS}
     config = (CONFIGS / "demo-shapes-obb.xml").read_text()
     stored = retrieved(label_studio, yolo_backend, "e2e obb", config, {n: png(i) for n, i in images.items()}, "image/png")
@@ -81,8 +70,7 @@ def test_obb_rotated_rectangles_stored_by_label_studio(label_studio: LabelStudio
             assert np.abs(ls_rect_corners(region["value"], width, height) - expected).max() < 0.5
 
 
-def test_pose_keypoints_stored_by_label_studio(label_studio: LabelStudio, yolo_backend: Backend,
-                                               legacy_tokens: None) -> None:
+def test_pose_keypoints_stored_by_label_studio(label_studio: LabelStudio, yolo_backend: Backend) -> None:
     images = {f"pose-{seed}.png": generate_pose_image(seed)[0] for seed in SEEDS}
     config = (CONFIGS / "demo-shapes-pose.xml").read_text()
     stored = retrieved(label_studio, yolo_backend, "e2e pose", config, {n: png(i) for n, i in images.items()}, "image/png")
@@ -111,7 +99,7 @@ def test_pose_keypoints_stored_by_label_studio(label_studio: LabelStudio, yolo_b
 
 @pytest.mark.parametrize("config_file, kind", [("demo-shapes-classify.xml", "choices"), ("demo-shapes-taxonomy.xml", "taxonomy")])
 def test_classification_choices_stored_by_label_studio(label_studio: LabelStudio, yolo_backend: Backend,
-                                                       legacy_tokens: None, config_file: str, kind: str) -> None:
+                                                       config_file: str, kind: str) -> None:
     images = {f"{kind}-{seed}.png": generate_classify_image(seed)[0] for seed in SEEDS}
     config = (CONFIGS / config_file).read_text()
     stored = retrieved(label_studio, yolo_backend, f"e2e {kind}", config, {n: png(i) for n, i in images.items()}, "image/png")
@@ -131,7 +119,7 @@ def test_classification_choices_stored_by_label_studio(label_studio: LabelStudio
 
 
 def test_video_tracks_stored_by_label_studio_line_up_with_the_frames(label_studio: LabelStudio, yolo_backend: Backend,
-                                                                     legacy_tokens: None, tmp_path: Path) -> None:
+                                                                     tmp_path: Path) -> None:
     video = write_video(tmp_path / "shapes.mp4", seconds=2.0)
     config = (CONFIGS / "demo-shapes-video.xml").read_text()
     stored = retrieved(label_studio, yolo_backend, "e2e video", config, {"shapes.mp4": video.read_bytes()}, "video/mp4")

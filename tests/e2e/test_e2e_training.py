@@ -50,26 +50,22 @@ def test_start_training_serves_the_project_a_model_of_its_own_labels(
     backend, root = training_backend
     assert requests.get(f"{backend.url}/versions", timeout=30).json()["model_dir"] == str(root)
     client = label_studio.client
-    try:
-        project = make_project(backend, "e2e training", seeds=TRAIN_SEEDS + HELD_OUT_SEEDS, label_config=TRAINING_CONFIG,
-                               legacy_tokens=True)
-        held_out = sorted(task for task, seed in project.task_seeds.items() if seed in HELD_OUT_SEEDS)
-        before = [client.predictions(task) for task in held_out]
-        assert all(len(p) == 1 and p[0]["result"] == [] for p in before)  # the start-up model knows none of the labels
-        old_version = before[0][0]["model_version"]
-        for task, seed in project.task_seeds.items():
-            if seed in TRAIN_SEEDS:
-                client.create_annotation(task, polygon_regions(seed))
+    project = make_project(backend, "e2e training", seeds=TRAIN_SEEDS + HELD_OUT_SEEDS, label_config=TRAINING_CONFIG)
+    held_out = sorted(task for task, seed in project.task_seeds.items() if seed in HELD_OUT_SEEDS)
+    before = [client.predictions(task) for task in held_out]
+    assert all(len(p) == 1 and p[0]["result"] == [] for p in before)  # the start-up model knows none of the labels
+    old_version = before[0][0]["model_version"]
+    for task, seed in project.task_seeds.items():
+        if seed in TRAIN_SEEDS:
+            client.create_annotation(task, polygon_regions(seed))
 
-        client.request("POST", f"/api/ml/{project.ml_id}/train")  # the model card's "Start Training"
-        job = wait_for_training(backend, project.id)
-        assert job["state"] == "promoted" and job["promoted_version"] == f"p{project.id}-v1", job
-        assert job["map_new"] > job["map_previous"] == 0.0
+    client.request("POST", f"/api/ml/{project.ml_id}/train")  # the model card's "Start Training"
+    job = wait_for_training(backend, project.id)
+    assert job["state"] == "promoted" and job["promoted_version"] == f"p{project.id}-v1", job
+    assert job["map_new"] > job["map_previous"] == 0.0
 
-        client.retrieve_predictions(project.id, held_out)
-        after = [[p for p in client.predictions(task) if p["model_version"] != old_version] for task in held_out]
-    finally:
-        client.set_legacy_tokens(False)
+    client.retrieve_predictions(project.id, held_out)
+    after = [[p for p in client.predictions(task) if p["model_version"] != old_version] for task in held_out]
     assert all(len(p) == 1 for p in after), after
     new_version = after[0][0]["model_version"]
     assert new_version.startswith(f"p{project.id}-v1@") and all(p[0]["model_version"] == new_version for p in after)

@@ -48,32 +48,28 @@ def test_start_training_serves_the_project_its_classification_model(label_studio
     backend, client, task = task_training_backend, label_studio.client, "classify"
     config = renamed_config(task)
     pictures = {seed: RESULTS[task](seed) for seed in TRAIN_SEEDS + HELD_OUT_SEEDS}
-    client.set_legacy_tokens(True)  # the backend reads the project with the token of /setup
-    try:
-        project_id = client.create_project(f"e2e {task} training", config)
-        task_ids = client.import_files(project_id, {f"{task}-{seed}.png": pictures[seed][0] for seed in pictures},
-                                       "image/png")
-        seed_of = {task_id: next(seed for seed in pictures if client.task(task_id)["data"]["image"].endswith(f"{task}-{seed}.png"))
-                   for task_id in task_ids}
-        ml_id = client.connect_model(project_id, backend.url, f"{task} model").id
-        held_out = sorted(t for t, seed in seed_of.items() if seed in HELD_OUT_SEEDS)
-        client.retrieve_predictions(project_id, held_out)
-        before = [client.predictions(t) for t in held_out]
-        assert all(len(p) == 1 and not region_labels(p[0]) for p in before)  # no known label before training
-        old_version = before[0][0]["model_version"]
-        for task_id, seed in seed_of.items():
-            if seed in TRAIN_SEEDS:
-                client.create_annotation(task_id, renamed_results(task, pictures[seed][1]))
+    project_id = client.create_project(f"e2e {task} training", config)
+    task_ids = client.import_files(project_id, {f"{task}-{seed}.png": pictures[seed][0] for seed in pictures},
+                                   "image/png")
+    seed_of = {task_id: next(seed for seed in pictures if client.task(task_id)["data"]["image"].endswith(f"{task}-{seed}.png"))
+               for task_id in task_ids}
+    ml_id = client.connect_model(project_id, backend.url, f"{task} model").id
+    held_out = sorted(t for t, seed in seed_of.items() if seed in HELD_OUT_SEEDS)
+    client.retrieve_predictions(project_id, held_out)
+    before = [client.predictions(t) for t in held_out]
+    assert all(len(p) == 1 and not region_labels(p[0]) for p in before)  # no known label before training
+    old_version = before[0][0]["model_version"]
+    for task_id, seed in seed_of.items():
+        if seed in TRAIN_SEEDS:
+            client.create_annotation(task_id, renamed_results(task, pictures[seed][1]))
 
-        client.request("POST", f"/api/ml/{ml_id}/train")
-        job = wait_for_training(backend, project_id)
-        assert job["state"] == "promoted" and job["promoted_version"] == f"p{project_id}-v1", job
-        assert job["map_new"] > job["map_previous"] == 0.0
+    client.request("POST", f"/api/ml/{ml_id}/train")
+    job = wait_for_training(backend, project_id)
+    assert job["state"] == "promoted" and job["promoted_version"] == f"p{project_id}-v1", job
+    assert job["map_new"] > job["map_previous"] == 0.0
 
-        client.retrieve_predictions(project_id, held_out)
-        after = [[p for p in client.predictions(t) if p["model_version"] != old_version] for t in held_out]
-    finally:
-        client.set_legacy_tokens(False)
+    client.retrieve_predictions(project_id, held_out)
+    after = [[p for p in client.predictions(t) if p["model_version"] != old_version] for t in held_out]
     assert all(len(p) == 1 and p[0]["model_version"].startswith(f"p{project_id}-v1@") for p in after), after
     labels = [region_labels(p[0]) for p in after]
     assert {label for found in labels for label in found} <= set(RENAMES[task].values())

@@ -29,26 +29,22 @@ def test_replacing_the_model_file_gives_new_predictions_with_a_new_version(
         shutil.copyfile(MODELS_DIR / name, model_root / name)
     shutil.copyfile(MODELS_DIR / DEMO_DET, model_root / "boxes.pt")
     backend = start_backend(extra_with=[f"model_root={model_root}"])
-    label_studio.client.set_legacy_tokens(True)
-    try:
-        project = make_project(backend, "e2e versions", label_config=CONFIG, legacy_tokens=True)
-        task_ids = sorted(project.task_seeds)
-        (first,) = {version for versions in stored_versions(label_studio, task_ids) for version in versions}
-        assert re.fullmatch(r"boxes@[0-9a-f]{7}", first)
-        assert label_studio.client.model_state(project.ml_id).model_version == first
+    project = make_project(backend, "e2e versions", label_config=CONFIG)
+    task_ids = sorted(project.task_seeds)
+    (first,) = {version for versions in stored_versions(label_studio, task_ids) for version in versions}
+    assert re.fullmatch(r"boxes@[0-9a-f]{7}", first)
+    assert label_studio.client.model_state(project.ml_id).model_version == first
 
-        # The same files: "Retrieve predictions" finds every task up to date and adds nothing.
-        label_studio.client.retrieve_predictions(project.id, task_ids)
-        assert stored_versions(label_studio, task_ids) == [[first]] * len(task_ids)
+    # The same files: "Retrieve predictions" finds every task up to date and adds nothing.
+    label_studio.client.retrieve_predictions(project.id, task_ids)
+    assert stored_versions(label_studio, task_ids) == [[first]] * len(task_ids)
 
-        # A retrained model published under the same name.
-        incoming = model_root / "incoming.pt"
-        shutil.copyfile(MODELS_DIR / DEMO_SEG, incoming)
-        incoming.replace(model_root / "boxes.pt")
-        label_studio.client.retrieve_predictions(project.id, task_ids)
-        second = label_studio.client.model_state(project.ml_id).model_version
-        assert re.fullmatch(r"boxes@[0-9a-f]{7}", second) and second != first
-        for versions in stored_versions(label_studio, task_ids):
-            assert sorted(versions) == sorted([first, second])
-    finally:
-        label_studio.client.set_legacy_tokens(False)
+    # A retrained model published under the same name.
+    incoming = model_root / "incoming.pt"
+    shutil.copyfile(MODELS_DIR / DEMO_SEG, incoming)
+    incoming.replace(model_root / "boxes.pt")
+    label_studio.client.retrieve_predictions(project.id, task_ids)
+    second = label_studio.client.model_state(project.ml_id).model_version
+    assert re.fullmatch(r"boxes@[0-9a-f]{7}", second) and second != first
+    for versions in stored_versions(label_studio, task_ids):
+        assert sorted(versions) == sorted([first, second])

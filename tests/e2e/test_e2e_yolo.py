@@ -11,8 +11,8 @@ from formats.geometry import ls_rect_to_box, mask_iou, percent_to_pixels, polygo
 from backend.sources.label_studio import AccessTokens, Credentials
 from backend.models.yolo import Detections, YoloModel
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
-from tests.e2e.conftest import (LS_LEGACY_TOKEN, LS_VERSION, SCORE_THRESHOLD, Backend, LabelStudio, MakeProject,
-                                Project, StartBackend, shapes_rgb)
+from tests.e2e.conftest import (BASIC_AUTH, LS_LEGACY_TOKEN, LS_VERSION, SCORE_THRESHOLD, Backend, LabelStudio,
+                                MakeProject, Project, StartBackend, shapes_rgb)
 from tests.e2e.servers import free_port
 from tools.shapes_dataset import CLASS_NAMES
 
@@ -153,38 +153,46 @@ def test_masks_match_the_backends_own_yolo(label_studio: LabelStudio, shapes_pro
 # ---------------------------------------------------------------- tokens
 
 
-def test_default_organization_refuses_the_setup_token(label_studio: LabelStudio, yolo_backend: Backend,
-                                                      make_project: MakeProject) -> None:
-    """Label Studio 1.23 sends the legacy token in /setup but refuses it while legacy tokens are off
-    (the default): the backend cannot download the uploads, answers empty predictions and logs why."""
-    project = make_project(yolo_backend, "e2e legacy tokens off", seeds=(5004,), legacy_tokens=False)
+def test_a_refused_setup_token_is_an_error_with_the_fix(label_studio: LabelStudio, start_backend: StartBackend,
+                                                        make_project: MakeProject) -> None:
+    """Label Studio 1.23 sends the user's legacy token in /setup but refuses it while legacy tokens are off (a new
+    organization's default). A backend given nothing else says so at /setup, in an ERROR line with the fix and in
+    /health; its downloads fail with the same hint, and the task gets no regions."""
+    assert not label_studio.client.legacy_tokens_enabled()
+    backend = start_backend(personal_access_token=False)
+    project = make_project(backend, "e2e legacy tokens off", seeds=(5004,))
     (task_id,) = project.task_seeds
-    assert stored_prediction(label_studio, task_id)["result"] == []
-    assert "failed with HTTP 401" in yolo_backend.server.log_text()
+    assert all(prediction["result"] == [] for prediction in label_studio.client.predictions(task_id))
+    log = backend.server.log_text()
+    errors = [line for line in log.splitlines() if "[ERROR]" in line and "refuses the token Label Studio sent in /setup" in line]
+    assert errors, backend.server.log_tail()
+    assert "legacy token authentication has been disabled" in errors[0]
+    assert "Personal Access Token" in errors[0] and "LABEL_STUDIO_API_KEY=<that token>" in errors[0]
+    assert list(backend.health()["label_studio_token_refused"]) == [label_studio.setup_hostname]
+    assert "failed with HTTP 401: Label Studio refused the backend's token" in log
 
 
 def test_personal_access_token_downloads_uploads(label_studio: LabelStudio, start_backend: StartBackend,
                                                  make_project: MakeProject, own_yolo: dict[str, YoloModel]) -> None:
-    """LABEL_STUDIO_API_KEY set to a personal access token: the backend exchanges it for access tokens."""
-    token = label_studio.personal_access_token()
-    backend = start_backend(env={"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token})
-    project = make_project(backend, "e2e personal access token", seeds=(5005,), legacy_tokens=False)
+    """LABEL_STUDIO_API_KEY set to a personal access token (as every backend here is started): the backend
+    exchanges it for access tokens, and Label Studio accepts them."""
+    backend = start_backend()
+    project = make_project(backend, "e2e personal access token", seeds=(5005,))
     (task_id, seed), = project.task_seeds.items()
     assert_rectangles_match(stored_prediction(label_studio, task_id), own_detections(own_yolo["detect"], seed))
+    assert backend.health()["label_studio_token_refused"] == {}
+    assert "[ERROR]" not in backend.server.log_text()
     # the same exchange, in this process, against the real server
+    token = label_studio.personal_access_token()
     assert AccessTokens(timeout=30).bearer_or_legacy(Credentials(label_studio.url, token)) != token
 
 
-def test_backend_with_basic_auth_gets_label_studios_credentials(label_studio: LabelStudio, start_backend: StartBackend,
-                                                                make_project: MakeProject,
-                                                                own_yolo: dict[str, YoloModel]) -> None:
-    credentials = ("label-studio", "e2e-basic-auth-pass")
-    backend = start_backend([f"basic_auth_user={credentials[0]}", f"basic_auth_pass={credentials[1]}"])
-    project = make_project(backend, "e2e basic auth", seeds=(5006,), legacy_tokens=True, basic_auth=credentials)
-    label_studio.client.set_legacy_tokens(False)
-    assert project.connected_state == "Connected"
-    (task_id, seed), = project.task_seeds.items()
-    assert_rectangles_match(stored_prediction(label_studio, task_id), own_detections(own_yolo["detect"], seed))
-    for wrong in (None, (credentials[0], "wrong")):
-        refused = label_studio.client.try_connect_model(project.id, backend.url, "wrong credentials", wrong)
+def test_backend_with_basic_auth_gets_label_studios_credentials(label_studio: LabelStudio, yolo_backend: Backend,
+                                                                shapes_project: Project) -> None:
+    """The suite's backend runs with BASIC_AUTH_USER and BASIC_AUTH_PASS and is connected with them through
+    Connect Model's basic auth fields: Label Studio connects and predicts (the tests above), and is refused
+    without the right password."""
+    assert yolo_backend.basic_auth == BASIC_AUTH and shapes_project.connected_state == "Connected"
+    for wrong in (None, (BASIC_AUTH[0], "wrong")):
+        refused = label_studio.client.try_connect_model(shapes_project.id, yolo_backend.url, "wrong credentials", wrong)
         assert refused.status_code == 400 and "authentication parameters" in refused.text
