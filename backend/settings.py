@@ -52,7 +52,7 @@ class Settings:
     model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
     concept_model: str = _setting("", "SAM 3 checkpoint in MODEL_ROOT (Meta's `sam3.pt`, `pip install -e '.[sam3]'`) that answers every RectangleLabels/PolygonLabels/BrushLabels label no class of the control's YOLO model serves, prompted with the label's `predicted_values` or its value; empty: those labels get nothing.")
     # SAM (keys of OpenMMLab label_anything's command line)
-    model_name: str = _setting("", "`sam`, `sam2` (or `sam2.1`), `mobile_sam` or `sam_hq` to enable interactive segmentation; empty disables it.")
+    model_name: str = _setting("", "`sam`, `sam2` (or `sam2.1`), `mobile_sam`, `sam_hq` or `sam3` (SAM 3's instance interactivity, SAM_CHECKPOINT_FILE=sam3.pt) to enable interactive segmentation; empty disables it.")
     sam_config: str = _setting("", "SAM size: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `vit_tiny` (light SAM-HQ), `demo` (tiny demo SAM), SAM 2's `hiera_t`, `hiera_s`, `hiera_b+`, `hiera_l` (or Meta's names: `sam2.1_hiera_t`); empty reads it from the checkpoint.")
     sam_checkpoint_file: str = _setting("", "SAM checkpoint path (absolute, or relative to the working directory, then to MODEL_ROOT); empty with `sam2`: `sam2.1_hiera_tiny.pt` on CPU, `sam2.1_hiera_large.pt` on CUDA (or Ultralytics' `sam2.1_t.pt` / `sam2.1_l.pt`) in MODEL_ROOT.")
     out_mask: bool = _setting(True, "Interactive answers include BrushLabels masks.")
@@ -141,8 +141,8 @@ class Settings:
             raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.device != "auto" and not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise SettingsError(f"DEVICE must be auto, cpu, cuda or cuda:N, not '{self.device}'")
-        if self.model_name and self.model_name not in {"sam", "sam2", "sam2.1", "mobile_sam", "sam_hq"}:
-            raise SettingsError(f"MODEL_NAME must be sam, sam2, sam2.1, mobile_sam or sam_hq, not '{self.model_name}'")
+        if self.model_name and self.model_name not in {"sam", "sam2", "sam2.1", "mobile_sam", "sam_hq", "sam3"}:
+            raise SettingsError(f"MODEL_NAME must be sam, sam2, sam2.1, mobile_sam, sam_hq or sam3, not '{self.model_name}'")
         _validate_training(self)
         try:
             from backend.sources.url_policy import AllowList

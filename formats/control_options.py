@@ -42,6 +42,7 @@ class TaskOptions:
     frame_rate: str = DEFAULT_FRAME_RATE  # the Video tag's frameRate: a number or "$key" of the task data
     box_controls: tuple = ()  # KeyPointLabels: the RectangleLabels (Control) on its image, for model_add_bboxes
     taxonomy: tuple[tuple[str, ...], ...] = ()  # Taxonomy: the path of each node a class can become, in config order
+    find_all: bool = False  # smart RectangleLabels model_find_all="true": the drawn box is a SAM 3 example
 
     def keypoint_label(self, class_name: str, index: int) -> str | None:
         """The label of keypoint `index` of an object of class `class_name`: a Label naming this class wins."""
@@ -100,6 +101,7 @@ def parse_options(tag, frame_rate: str | None = None) -> TaskOptions:  # noqa: A
         track_conf=None if conf in (None, "") else _number(name, "model_conf", conf, 0.25, 0.0, 1.0),
         track_iou=_number(name, "model_iou", attr.get("model_iou"), 0.7, 0.0, 1.0),
         frame_rate=str(frame_rate or DEFAULT_FRAME_RATE),
+        find_all=_flag(attr.get("model_find_all"), False),
     )
 
 

@@ -13,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("sam3", reason="the sam3 extra is not installed")
 
+from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR  # noqa: E402
 from backend.models.sam3_network import Sam3Architecture, build_network, running, save_reduced_checkpoint  # noqa: E402
 
 REDUCED = Sam3Architecture(resolution=224, vit_width=32, vit_depth=2, vit_heads=2, vit_window=8, vit_global_blocks=(1,),
                            text_width=32, text_heads=2, text_layers=1, encoder_layers=1, decoder_layers=1,
                            feedforward=128)
 CHECKPOINT = "sam3-reduced.pt"
+PICTURE = "sam3_picture.png"  # written into the session's Local Storage root
 _built: dict[str, Path] = {}
 
 
@@ -98,3 +101,32 @@ def test_picture(seed: int = 3, height: int = 150, width: int = 200) -> np.ndarr
 
 
 test_picture.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sam3-models")
+    reduced_checkpoint(root)
+    for name in (DEMO_DET, DEMO_SEG):
+        shutil.copyfile(MODELS_DIR / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def meta(model_root: Path) -> MetaReference:
+    return MetaReference(model_root / CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def picture(image_root: Path) -> np.ndarray:
+    pixels = test_picture()
+    Image.fromarray(pixels).save(image_root / PICTURE)
+    return pixels
+
+
+def brush_mask(region: dict) -> np.ndarray:
+    """A BrushLabels region's mask, decoded by Label Studio's own converter."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    height, width = region["original_height"], region["original_width"]
+    return np.asarray(decode_rle(region["value"]["rle"])).reshape(height, width, 4)[:, :, 3] > 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,38 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.sam3_reduced import CHECKPOINT, MetaReference, reduced_checkpoint, test_picture, threshold_keeping
+from tests.sam3_reduced import (CHECKPOINT, PICTURE, MetaReference, brush_mask, meta, model_root, picture,  # noqa: F401
+                                threshold_keeping)
 
 from backend.models.sam3 import load_sam3  # noqa: E402 - after sam3_reduced's importorskip
 from backend.prediction.concepts import label_phrases, mask_iou, merged_instances
 from formats.geometry import ls_rect_to_box
-from formats.rle import ls_rle_to_mask
 from formats.label_config import parse_label_config
 from formats.mask_crop import MaskCrop
-from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR, config_xml, local_url
-
-PICTURE = "sam3_picture.png"
-
-
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sam3-models")
-    reduced_checkpoint(root)
-    for name in (DEMO_DET, DEMO_SEG):
-        shutil.copyfile(MODELS_DIR / name, root / name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def meta(model_root: Path) -> MetaReference:
-    return MetaReference(model_root / CHECKPOINT)
-
-
-@pytest.fixture(scope="module")
-def picture(image_root: Path) -> np.ndarray:
-    pixels = test_picture()
-    Image.fromarray(pixels).save(image_root / PICTURE)
-    return pixels
+from tests.conftest import config_xml, local_url
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +38,6 @@ def predict(client: TestClient, config: str) -> dict:
 
 def regions_of(result: dict, control: str, label: str) -> list[dict]:
     return [r for r in result["result"] if r["from_name"] == control and r["value"][r["type"]] == [label]]
-
-
-def brush_mask(region: dict) -> np.ndarray:
-    return ls_rle_to_mask(region["value"]["rle"], region["original_width"], region["original_height"])
 
 
 def test_text_prompts_give_meta_processor_masks_boxes_and_scores(client: TestClient, meta: MetaReference,
@@ -151,3 +126,49 @@ def test_clicks_and_boxes_give_meta_interactive_predictor(meta: MetaReference, m
     masks, scores = model.decode(embedding, None, None, box, multimask=False)
     expected_masks, expected_scores = meta.click(picture, box=box, multimask_output=False)
     assert np.array_equal(masks, expected_masks) and np.abs(scores - expected_scores).max() < 1e-5
+
+
+def test_concept_model_answers_the_labels_no_yolo_class_serves(client: TestClient, meta: MetaReference,
+                                                               picture: np.ndarray,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)  # the first /setup or /predict of a config logs it, once
+    threshold = threshold_keeping(meta.text(picture, "scratch", 0.0)["scores"], 3)
+    config = config_xml(f'<RectangleLabels name="rect" toName="image" model_score_threshold="{threshold}">'
+                        '<Label value="circle"/><Label value="scratch"/></RectangleLabels>')
+    result = predict(client, config)
+    expected = meta.text(picture, "scratch", threshold)
+    scratches = regions_of(result, "rect", "scratch")
+    height, width = picture.shape[:2]
+    assert len(scratches) == 3
+    for region, box, score in zip(scratches, expected["boxes"], expected["scores"]):
+        assert np.allclose(ls_rect_to_box(region["value"], width, height),
+                           np.clip(box, 0, [width, height, width, height]), atol=1e-3)
+        assert abs(region["score"] - score) < 1e-4
+    assert "demo-shapes-det@" in result["model_version"] and "sam3-reduced@" in result["model_version"]
+    assert client.post("/setup", json={"project": "23.1", "schema": config}).status_code == 200
+    deadline = time.monotonic() + 60
+    while "answers the labels" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f'<RectangleLabels name="rect">: SAM 3 (CONCEPT_MODEL={CHECKPOINT}) answers the labels scratch' in caplog.text
+
+
+
+def test_annotate_dir_pre_annotates_a_folder_from_the_same_config(model_root: Path, meta: MetaReference,
+                                                                  picture: np.ndarray, tmp_path: Path) -> None:
+    from tools import annotate_dir
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(picture).save(images / "picture.png")
+    threshold = threshold_keeping(meta.text(picture, "scratch", 0.0)["scores"], 3)
+    config = tmp_path / "config.xml"
+    config.write_text(config_xml(f'<RectangleLabels name="rect" toName="image" model_path="{CHECKPOINT}" '
+                                 f'model_score_threshold="{threshold}"><Label value="scratch"/></RectangleLabels>'))
+    assert annotate_dir.main([str(images), "--label_config", str(config), "--out_dir", str(tmp_path / "out"),
+                              "--with", f"model_root={model_root}", f"cache_dir={tmp_path / 'cache'}"]) == 0
+    coco = json.loads((tmp_path / "out" / "annotations" / "instances_default.json").read_text())
+    height, width = picture.shape[:2]
+    expected = [np.clip(box, 0, [width, height, width, height]) for box in meta.text(picture, "scratch", threshold)["boxes"]]
+    found = sorted(annotation["bbox"] for annotation in coco["annotations"])
+    assert [c["name"] for c in coco["categories"]] == ["scratch"]
+    assert np.allclose(found, sorted([x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in expected), atol=0.01)

@@ -25,6 +25,7 @@ from backend.models.cache import ModelCache
 from backend.models.sam import SamSegmenter, checkpoint_fingerprint, load_sam
 from backend.models.sam_checkpoints import resolve_checkpoint
 from backend.models.sam_embeddings import DiskEmbeddings, MemoryEmbeddings, image_key
+from backend.interactive.concepts import ConceptPrompt, concept_regions, read_concept_prompt, threshold_for
 from backend.interactive.prompts import PromptRegions, SamPrompt, read_prompt
 from formats.regions import mask_regions, prediction
 from backend.settings import Settings, SettingsError
@@ -114,6 +115,10 @@ class InteractivePredictor:
 
     def predict(self, tasks: list, config: LabelConfig, context: dict, credentials: Credentials | None,
                 model_version: str) -> list[dict]:
+        concept = read_concept_prompt(context.get("result") or [], config) if self.finds_all else None
+        if concept is not None:  # SAM 3: every instance of a typed phrase or a find-all box
+            return [prediction(self._concept_regions(task, concept, config, credentials) if self._tags else [],
+                               model_version) for task in tasks]
         prompt = read_prompt(context.get("result") or [], config)
         if prompt is None:
             logger.warning("interactive request without a usable smart keypoint or rectangle; answering nothing")
@@ -122,17 +127,25 @@ class InteractivePredictor:
         return [prediction(self._task_regions(task, prompt, config, credentials) if prompt and self._tags else [],
                            model_version) for task in tasks]
 
+    def _image(self, task: object, data_key: str, credentials: Credentials | None) -> tuple[TaskImage, str] | None:
+        """The task's image and its image_key; None (and a warning) when it cannot be had."""
+        task_id = task.get("id") if isinstance(task, dict) else None
+        url = (task.get("data") or {}).get(data_key) if isinstance(task, dict) else None
+        try:
+            if not isinstance(url, str):
+                raise ImageError(f"task data has no '{data_key}' image URL")
+            return self._images.load(url, task_id, credentials)
+        except (ImageError, PermissionError) as exc:
+            logger.warning("task %s: %s", task_id, exc)
+            return None
+
     def _task_regions(self, task: object, prompt: PromptRegions, config: LabelConfig,
                       credentials: Credentials | None) -> list[dict]:
         task_id = task.get("id") if isinstance(task, dict) else None
-        url = (task.get("data") or {}).get(prompt.data_key) if isinstance(task, dict) else None
-        try:
-            if not isinstance(url, str):
-                raise ImageError(f"task data has no '{prompt.data_key}' image URL")
-            image, key = self._images.load(url, task_id, credentials)
-        except (ImageError, PermissionError) as exc:
-            logger.warning("task %s: %s", task_id, exc)
+        loaded = self._image(task, prompt.data_key, credentials)
+        if loaded is None:
             return []
+        image, key = loaded
         sam_prompt = prompt.in_pixels(image.width, image.height)
         if sam_prompt is None:
             return []
@@ -143,6 +156,28 @@ class InteractivePredictor:
             logger.info("task %s: SAM found no object at the prompt, or the config has no %s for image %r",
                         task_id, "/".join(self._tags), prompt.to_name)
         return regions
+
+    @property
+    def finds_all(self) -> bool:
+        """Whether the model finds every instance of a concept (SAM 3), not one object per prompt."""
+        return hasattr(self.segmenter.model, "find_examples")
+
+    def _concept_regions(self, task: object, concept: ConceptPrompt, config: LabelConfig,
+                         credentials: Credentials | None) -> list[dict]:
+        loaded = self._image(task, concept.data_key, credentials)
+        if loaded is None:
+            return []
+        image, key = loaded
+        model, embedding = self.segmenter.model, self.segmenter.embedding(image.pixels, key)
+        threshold = threshold_for(config, concept, self._settings.model_score_threshold)
+        boxes, positive = concept.boxes(image.width, image.height)
+        if len(boxes):
+            found = model.find_examples(embedding, boxes, positive, threshold, phrase=concept.phrase)
+        elif concept.phrase:
+            found = model.find(embedding, concept.phrase, threshold)
+        else:
+            return []
+        return concept_regions(config, self._tags, concept, found, self._settings.polygon_tolerance)
 
     def masks_for_boxes(self, image: TaskImage, boxes: np.ndarray) -> np.ndarray:
         """(N, H, W) bool, one mask per xyxy pixel box (YOLO + SAM)."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from backend.models.sam2 import Sam2Model, load_sam2_network
+from backend.models.sam3 import MODEL_NAME as SAM3_NAME, load_sam3
 from backend.models.sam_checkpoints import (CHECKPOINT_SETTING, DEMO_CONFIG, CheckpointKind, SamLoadError,
                                             choose_kind, mismatch_summary, read_checkpoint, weights)
 from backend.models.sam_embeddings import DiskEmbeddings, ImageEmbedding, MemoryEmbeddings, image_key
@@ -261,6 +262,8 @@ class SamModel:
 
 def load_sam(model_name: str, config: str, checkpoint: Path, device: str) -> PromptableModel:
     """The model of (MODEL_NAME, SAM_CONFIG) with the checkpoint's weights, on `device`."""
+    if model_name == SAM3_NAME:  # SAM 3 reads its sizes from the checkpoint; SAM_CONFIG does not apply
+        return load_sam3(checkpoint, device)
     network, kind = load_sam_network(model_name, config, checkpoint)
     name = f"{kind.model_name}{kind.version.removeprefix('2')}:{kind.config}:{checkpoint.name}"
     return Sam2Model(network, device, name) if kind.model_name == "sam2" else SamModel(network, device, name)

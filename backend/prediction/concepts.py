@@ -26,7 +26,7 @@ from backend.models.sam3 import Instances, Sam3Model, cached_sam3
 from backend.models.sam3_network import looks_like_sam3
 from backend.models.versions import file_fingerprint
 from backend.settings import Settings
-from backend.sources.images import ImageError, ImageFetcher
+from backend.sources.images import ImageError, ImageFetcher, TaskImage
 from backend.sources.label_studio import Credentials
 from formats.label_config import Control, LabelConfig
 from formats.mask_crop import MaskCrop
@@ -74,13 +74,16 @@ def unserved_labels(control: Control, class_names: tuple[str, ...]) -> tuple[str
 class ConceptPredictor:
     """Which controls SAM 3 answers, and their regions for a batch of tasks."""
 
-    def __init__(self, settings: Settings, cache: ModelCache, fetcher: ImageFetcher, device: str) -> None:
+    def __init__(self, settings: Settings, cache: ModelCache, fetcher: ImageFetcher, device: str,
+                 on_image: Callable[[TaskImage], None] | None = None) -> None:
         self._settings = settings
+        self._on_image = on_image  # as BatchPredictor's: told of each image read
         self._cache = cache
         self._fetcher = fetcher
         self._device = device
         self._kinds: dict[tuple, bool] = {}
         self._kinds_lock = threading.Lock()
+        self._reported: set[tuple] = set()
 
     def _is_sam3(self, path: Path) -> bool:
         key = (str(path), file_fingerprint(path))
@@ -134,6 +137,29 @@ class ConceptPredictor:
                                             self._threshold(control)))
         return found
 
+    def report(self, control: Control, class_names: tuple[str, ...] | None) -> None:
+        """Log once which of a control's labels SAM 3 answers (`class_names`: its YOLO model's; None: no YOLO
+        model, the control's model_path is SAM 3)."""
+        checkpoint = self.checkpoint_of(control)
+        labels, source = control.labels, f"model_path={control.model_path}"
+        if checkpoint is None:
+            try:
+                checkpoint = self.concept_model()
+            except ModelPathError as exc:
+                logger.warning("<%s name=\"%s\">: %s", control.tag, control.name, exc)
+                return
+            if checkpoint is None or control.tag not in CONCEPT_TAGS or class_names is None:
+                return
+            labels, source = unserved_labels(control, class_names), f"CONCEPT_MODEL={self._settings.concept_model}"
+        key = (control, labels, str(checkpoint))
+        with self._kinds_lock:
+            if not labels or key in self._reported:
+                return
+            self._reported.add(key)
+        phrases = "; ".join(f"{label}: {', '.join(found)}" for label, found in label_phrases(control, labels))
+        logger.info("<%s name=\"%s\">: SAM 3 (%s) answers the labels %s (phrases %s)", control.tag, control.name,
+                    source, ", ".join(labels), phrases)
+
     def fallback_files(self, config: LabelConfig) -> list[Path]:
         """CONCEPT_MODEL's file for the model version, when it may answer some control of the config."""
         try:
@@ -174,6 +200,8 @@ class ConceptPredictor:
             if not isinstance(url, str):
                 raise ImageError(f"task data has no '{data_key}' image URL")
             image = self._fetcher.load(url, task.get("id"), credentials)
+            if self._on_image is not None:
+                self._on_image(image)
             on_image = [concept for concept in concepts if concept.control.data_key == data_key]
             for checkpoint in dict.fromkeys(concept.checkpoint for concept in on_image):
                 model = self.model(checkpoint)

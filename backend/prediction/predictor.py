@@ -20,6 +20,7 @@ import numpy as np
 from backend.sources.images import ImageError, ImageFetcher, TaskImage
 from formats.label_config import Control, LabelConfig
 from backend.prediction.limits import PixelBudget, RequestLimits, TaskFailures, TaskNotPredicted, TaskQueue
+from backend.prediction.concepts import ConceptPredictor
 from backend.prediction.tasks import task_mismatch, task_regions
 from backend.sources.label_studio import Credentials
 from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
@@ -55,6 +56,10 @@ class YoloModels:
     def device(self) -> str:
         return self._device
 
+    @property
+    def cache(self) -> ModelCache:
+        return self._cache
+
     def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
         path = self.path(choice)
         kind = TaskYoloModel if choice.task_model else YoloModel
@@ -76,6 +81,7 @@ class BatchPredictor:
         self._box_segmenter = box_segmenter  # SAM: boxes -> masks, when YOLO_SAM is on
         self._on_image = on_image  # e.g. SAM embedding prefetch
         self._video = VideoPredictor(settings, fetcher, models.device)
+        self.concepts = ConceptPredictor(settings, models.cache, fetcher, models.device, on_image)  # SAM 3
 
     def plan(self, config: LabelConfig, project: object = None) -> dict[YoloModel, list[Control]]:
         """Which model serves which controls; raises ModelPathError / PredictionConfigError up front.
@@ -84,6 +90,8 @@ class BatchPredictor:
         share one forward pass."""
         plan: dict[YoloModel, list[Control]] = {}
         for control in config.prediction_controls:
+            if self.concepts.checkpoint_of(control) is not None:
+                continue  # model_path names a SAM 3 checkpoint: backend/prediction/concepts.py
             choice = model_choice(control, self._settings, project)
             try:
                 model = self._models.get(choice)
@@ -114,7 +122,7 @@ class BatchPredictor:
                 files.append(self._models.path(choice))
             except ModelPathError:  # refused paths never predict; /predict answers them with a 4xx
                 continue
-        return files
+        return files + self.concepts.fallback_files(config)
 
     def predict(self, tasks: list[dict], config: LabelConfig, credentials: Credentials | None,
                 model_version: str, project: object = None, limits: RequestLimits | None = None) -> list[dict | list]:
@@ -123,13 +131,17 @@ class BatchPredictor:
         limits = limits or RequestLimits()
         plan = self.plan(config, project)
         videos = [control for control in config.prediction_controls if control.tag == "VideoRectangle"]
-        if not plan and not videos:
+        concepts = self.concepts.plan(config, {control.name: getattr(model, "class_names", ())
+                                                for model, controls in plan.items() for control in controls})
+        if not plan and not videos and not concepts:
             logger.info("the labeling config has no control to predict")
             return [prediction([], model_version) for _ in tasks]
         regions: list[list[dict]] = [[] for _ in tasks]
         failures = TaskFailures(len(tasks))
         if plan:
             self._predict_images(tasks, plan, credentials, limits, failures, regions)
+        if concepts:
+            self.concepts.predict(tasks, concepts, credentials, regions, failures, limits.why_not)
         for control in videos:
             model_path = self._models.path(model_choice(control, self._settings, project))
             for task_index, task in enumerate(tasks):

@@ -142,6 +142,9 @@ class Services:
         """Log (once per config and model) which labels each control's model can produce; loads the models."""
         self.reporter.report_tags(config)
         for control in config.prediction_controls:
+            if self.predictor.concepts.checkpoint_of(control) is not None:
+                self.predictor.concepts.report(control, None)  # model_path names SAM 3
+                continue
             choice = model_choice(control, self.settings, project)
             try:
                 model = self.yolo.get(choice)
@@ -150,6 +153,7 @@ class Services:
                 continue
             self.reporter.report_control(control, (str(model.path), model.class_names), model.path.name,
                                          model.class_names)
+            self.predictor.concepts.report(control, model.class_names)  # CONCEPT_MODEL's labels
 
     def report_config_in_background(self, config: LabelConfig, project: object = None) -> None:
         threading.Thread(target=self.report_config, args=(config, project), name="config-check", daemon=True).start()
