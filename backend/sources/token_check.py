@@ -1,5 +1,5 @@
 """Does Label Studio accept the token the backend downloads with? Asked once per host and token, right
-after /setup, so that a refused token is an ERROR with its fix before the first empty prediction.
+after /setup, so that a refused token is an ERROR with its fix before the first task goes without predictions.
 
 Label Studio 1.23 turns legacy tokens off for a new organization, yet sends the project creator's legacy
 token in /setup: every `/data/upload/...` download then fails with 401. The check is one
@@ -32,8 +32,7 @@ CHECK_TIMEOUT_S = 10.0
 def token_fix(host: str) -> str:
     return ("create a personal access token in Label Studio (Account & Settings -> Personal Access Token) and start "
             f"the backend with LABEL_STUDIO_URL={host or '<Label Studio URL>'} LABEL_STUDIO_API_KEY=<that token>, or turn "
-            "legacy tokens on for the organization (Organization -> API Tokens Settings -> Legacy Tokens); a task that "
-            "got an empty prediction meanwhile keeps it until you delete it (Label Studio does not ask again)")
+            "legacy tokens on for the organization (Organization -> API Tokens Settings -> Legacy Tokens)")
 
 
 def refused_download_hint(host: str) -> str:
