@@ -30,7 +30,6 @@ from backend.prediction.predictor import PredictionConfigError
 from backend.training.model_choice import model_choice
 from formats.regions import prediction
 from backend.serving.access import AccessPolicy
-from backend.serving.access import AccessPolicy
 from backend.serving.services import Services, build_services
 from backend.settings import Settings
 from backend.interactive.video_prompts import has_video_prompts
@@ -147,7 +146,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return state["services"]
 
     app.state.get_services = get_services
-    access = app.state.access = AccessPolicy.from_settings(settings)
     access = app.state.access = AccessPolicy.from_settings(settings)
 
     @app.middleware("http")

@@ -50,7 +50,6 @@ class Services:
     model_errors: dict[str, str] = field(default_factory=dict)  # setting -> why its model did not load
     reporter: ConfigReporter = field(default_factory=ConfigReporter)
     ignored_hosts: set[str] = field(default_factory=set)  # /setup hostnames not used, as LABEL_STUDIO_URL is set
-    ignored_hosts: set[str] = field(default_factory=set)  # /setup hostnames not used, as LABEL_STUDIO_URL is set
     training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
     token_check: TokenCheck | None = None
 
