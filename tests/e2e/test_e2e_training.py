@@ -37,7 +37,7 @@ def training_backend(start_backend: StartBackend, tmp_path_factory: pytest.TempP
 def wait_for_training(backend: Backend, project_id: int) -> dict:
     deadline = time.monotonic() + TRAINING_TIMEOUT_S
     while time.monotonic() < deadline:
-        jobs = {job["project"]: job for job in backend.health()["training"]}
+        jobs = {int(job["project"].partition(".")[0]): job for job in backend.health()["training"]}  # by uid
         job = jobs.get(project_id, {})
         if job.get("state") in ("promoted", "rejected", "refused", "failed"):
             return job
