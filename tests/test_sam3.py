@@ -172,3 +172,31 @@ def test_annotate_dir_pre_annotates_a_folder_from_the_same_config(model_root: Pa
     found = sorted(annotation["bbox"] for annotation in coco["annotations"])
     assert [c["name"] for c in coco["categories"]] == ["scratch"]
     assert np.allclose(found, sorted([x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in expected), atol=0.01)
+
+
+def test_a_concept_model_that_is_missing_or_not_sam3_is_a_400_naming_the_setting(
+        make_client: Callable[..., TestClient], model_root: Path) -> None:
+    config = config_xml('<RectangleLabels name="rect" toName="image"><Label value="scratch"/></RectangleLabels>')
+    for value, expected in (("missing.pt", "CONCEPT_MODEL='missing.pt' not found"),
+                            ("demo-shapes-det.pt", "CONCEPT_MODEL='demo-shapes-det.pt' is not a SAM 3 checkpoint")):
+        client = make_client(model_root=str(model_root), concept_model=value)
+        response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": local_url(PICTURE)}}],
+                                                 "label_config": config})
+        assert response.status_code == 400 and expected in response.json()["error"], response.text
+
+
+def test_disk_cached_sam3_embeddings_serve_phrases_and_clicks(model_root: Path, picture: np.ndarray,
+                                                             tmp_path: Path) -> None:
+    from backend.models.sam import SamSegmenter
+    from backend.models.sam_embeddings import DiskEmbeddings, MemoryEmbeddings
+
+    model = load_sam3(model_root / CHECKPOINT, "cpu")
+    first = SamSegmenter(model, MemoryEmbeddings(2), DiskEmbeddings(tmp_path, "sam3"))
+    mask, _ = first.best_mask(picture, np.array([[60.0, 50.0]]), np.array([1]), None, multimask=True)
+    second = SamSegmenter(model, MemoryEmbeddings(2), DiskEmbeddings(tmp_path, "sam3"))  # another worker
+    cached = second.embedding(picture)
+    again, _ = second.best_mask(picture, np.array([[60.0, 50.0]]), np.array([1]), None, multimask=True)
+    assert second.disk_hits == 1 and second.encoder_calls == 0
+    assert (mask & again).sum() / max(1, (mask | again).sum()) > 0.95  # fp16 on disk
+    fresh, stored = model.find(model.embed(picture), "scratch", 0.0), model.find(cached, "scratch", 0.0)
+    assert len(fresh.scores) == len(stored.scores) and np.abs(fresh.scores - stored.scores).max() < 0.01
