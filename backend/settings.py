@@ -16,6 +16,7 @@ from typing import Any
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
+MAX_CLUSTERS = 64  # CLUSTERS: more would split a project's images too thin for the queue to mean anything
 
 
 class SettingsError(ValueError):
@@ -50,6 +51,8 @@ class Settings:
     device: str = _setting("auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
     half: bool = _setting(False, "Half precision on CUDA.")
     model_version: str = _setting("", "Version string reported to Label Studio for every config; empty names the model files each config uses (`file@hash`).")
+    task_score: str = _setting("quality", "Each prediction's task `score` (Label Studio's uncertainty sampling serves the lowest first): `quality`, an estimate in [0, 1] of how little the prediction needs correcting (see Active learning); `mean`, the mean of its region scores (HumanSignal's).")
+    clusters: int = _setting(0, "Give each prediction a `cluster` (0..K-1) from K clusters of the project's images by the YOLO backbone's features, so uncertainty sampling spreads annotators across kinds of images; the centres are made once per project (MODEL_ROOT/projects/<uid>/) from the first /predict of at least 3K images. 0: no clusters; at most 64.")
     concept_model: str = _setting("", "SAM 3 checkpoint in MODEL_ROOT (Meta's `sam3.pt`, `pip install -e '.[sam3]'`) that answers every RectangleLabels/PolygonLabels/BrushLabels label no class of the control's YOLO model serves, prompted with the label's `predicted_values` or its value; empty: those labels get nothing.")
     # SAM (keys of OpenMMLab label_anything's command line)
     model_name: str = _setting("", "`sam`, `sam2` (or `sam2.1`), `mobile_sam`, `sam_hq` or `sam3` (SAM 3's instance interactivity, SAM_CHECKPOINT_FILE=sam3.pt) to enable interactive segmentation; empty disables it.")
@@ -150,6 +153,10 @@ class Settings:
             AllowList.parse(self.allowed_url_hosts)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+        if self.task_score not in {"quality", "mean"}:
+            raise SettingsError(f"TASK_SCORE must be quality or mean, not '{self.task_score}'")
+        if not 0 <= self.clusters <= MAX_CLUSTERS:
+            raise SettingsError(f"CLUSTERS must be between 0 (off) and {MAX_CLUSTERS}, not {self.clusters}")
         if self.storage_read not in {"presign", "direct"}:
             raise SettingsError(f"STORAGE_READ must be presign or direct, not '{self.storage_read}'")
         try:

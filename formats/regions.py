@@ -59,6 +59,11 @@ def mask_regions(control: Control, label: str, mask: np.ndarray | MaskCrop, scor
     return [rectangle_region(control, label, crop.box(), score, crop.width, crop.height)]
 
 
-def prediction(regions: list[dict], model_version: str) -> dict:
-    scores = [region["score"] for region in regions]
-    return {"result": regions, "score": round(float(np.mean(scores)), 6) if scores else 0.0, "model_version": model_version}
+def prediction(regions: list[dict], model_version: str, score: float | None = None, cluster: int | None = None) -> dict:
+    """Label Studio's prediction: the task `score` given, else the mean of the region scores (0 without
+    regions); `cluster` only when given."""
+    if score is None:
+        scores = [region["score"] for region in regions]
+        score = round(float(np.mean(scores)), 6) if scores else 0.0
+    found = {"result": regions, "score": score, "model_version": model_version}
+    return found if cluster is None else {**found, "cluster": int(cluster)}

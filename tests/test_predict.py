@@ -50,16 +50,20 @@ def test_predicted_values_map_several_classes_to_one_label(client: TestClient) -
     assert merged == ["Shape"] * len(all_labels)
 
 
-def test_every_region_and_prediction_carries_score_and_version(client: TestClient) -> None:
+def test_every_region_and_prediction_carries_score_and_version(make_client: Callable[..., TestClient]) -> None:
+    """Region scores are the model's confidences; the task score is in [0, 1], with TASK_SCORE=mean their mean."""
     config = rect_config('<Label value="circle"/><Label value="square"/><Label value="triangle"/>')
-    results = predict(client, config, shapes())
+    client, mean_client = make_client(), make_client(task_score="mean")
+    results, mean_results = predict(client, config, shapes()), predict(mean_client, config, shapes())
     version = client.post("/setup", json={"project": "1.1700000000", "schema": config}).json()["model_version"]
     assert version.startswith("demo-shapes-det@")
-    for result in results:
+    for result, mean_result in zip(results, mean_results):
         assert result["model_version"] == version
         scores = [region["score"] for region in result["result"]]
         assert all(0.25 <= s <= 1 for s in scores)
-        assert result["score"] == pytest.approx(float(np.mean(scores)) if scores else 0.0, abs=1e-6)
+        assert scores == [region["score"] for region in mean_result["result"]]
+        assert 0.0 <= result["score"] <= 1.0
+        assert mean_result["score"] == pytest.approx(float(np.mean(scores)) if scores else 0.0, abs=1e-6)
 
 
 def test_control_threshold_overrides_the_default(client: TestClient) -> None:

@@ -34,9 +34,21 @@ class Detections:
     scores: np.ndarray  # (N,)
     class_names: tuple[str, ...]
     masks: MaskCrops | None  # each object's mask, at the image's resolution; None for detection models
+    # What NMS kept between the candidate floor and the threshold (no masks): the task score reads them.
+    candidates: Candidates | None = None
+    embedding: np.ndarray | None = None  # the backbone's pooled features of the image (C,), for clusters
 
     def __len__(self) -> int:
         return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Detections scored below the threshold the caller asked for, and at least its candidate floor."""
+
+    boxes: np.ndarray  # (N, 4) float xyxy
+    scores: np.ndarray  # (N,)
+    class_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,8 @@ class YoloModel:
             self.imgsz = None
         self._lock = threading.Lock()
         self._predictor = None  # Ultralytics' predictor, set up on first use (see _setup)
+        self._keep_conf = 0.0  # the threshold of the running `infer`: detections below it are candidates
+        self._pooled: np.ndarray | None = None  # the running forward pass' pooled backbone features (B, C)
         if export:
             try:  # start the export's runtime now: a model that cannot run fails here, not on a request
                 self._setup()
@@ -103,13 +117,21 @@ class YoloModel:
             tensor = (tensor.half() if predictor.model.fp16 else tensor.float()).div_(255)
         return PreparedBatch(tensor, [image.shape for image in images_rgb])
 
-    def infer(self, prepared: PreparedBatch, conf: float) -> list[Detections]:
+    def infer(self, prepared: PreparedBatch, conf: float, candidate_floor: float | None = None) -> list[Detections]:
         """Forward pass, NMS (Ultralytics' own) and, for segmentation models, each object's retina mask
-        computed inside its box only (backend/models/yolo_masks.py)."""
+        computed inside its box only (backend/models/yolo_masks.py).
+
+        With candidate_floor below conf, NMS runs at the floor and the detections in [floor, conf) come
+        back as `candidates` (no masks): NMS never lets a lower score suppress a higher one, so the
+        detections at or above conf are the same as without. Each image's pooled backbone features come
+        back as `embedding`, read by a hook in the same forward pass."""
         predictor = self._setup()
         with self._lock, torch.inference_mode():
             torch.set_num_threads(INFERENCE_THREADS)
-            predictor.args.conf = conf
+            floor = conf if candidate_floor is None else min(candidate_floor, conf)
+            predictor.args.conf = floor
+            self._keep_conf = conf
+            self._pooled = None
             preds = predictor.inference(prepared.tensor)
             # NMS and the per-object masks are many small operations, faster on one thread than on a
             # team that has to be woken for each (several times faster on a busy 2-core machine).
@@ -133,18 +155,40 @@ class YoloModel:
                 self._model.predict(np.zeros((64, 64, 3), dtype=np.uint8), **options)
                 predictor = self._model.predictor
                 predictor.construct_results = self._detections
+                self._hook_backbone(predictor.model)
                 self._predictor = predictor
             return self._predictor
+
+    def _hook_backbone(self, backend: torch.nn.Module) -> None:
+        """Keep the last backbone layer's output, averaged over the image, of every forward pass (the
+        image's embedding). Exported models (ONNX, TensorRT ...) have no layers to hook: no embedding."""
+        network = getattr(backend, "model", None)
+        layers = getattr(network, "model", None)
+        backbone = getattr(network, "yaml", {}).get("backbone") if isinstance(getattr(network, "yaml", None), dict) else None
+        if not isinstance(layers, torch.nn.Sequential) or not backbone or len(layers) < len(backbone):
+            return
+
+        def keep(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                self._pooled = output.float().mean(dim=(2, 3)).cpu().numpy()
+
+        layers[len(backbone) - 1].register_forward_hook(keep)
 
     def _detections(self, preds: list[torch.Tensor], img: torch.Tensor, orig_imgs: list[np.ndarray],
                     protos: torch.Tensor | None = None) -> list[Detections]:
         from ultralytics.utils import ops
 
         names = self._predictor.model.names
+        pooled = self._pooled if self._pooled is not None and len(self._pooled) == len(preds) else None
         found = []
         for index, (pred, orig) in enumerate(zip(preds, orig_imgs)):
             height, width = orig.shape[:2]
             pred[:, :4] = ops.scale_boxes(img.shape[2:], pred[:, :4], orig.shape)
+            below = pred[:, 4] < self._keep_conf
+            candidates = Candidates(pred[below, :4].cpu().numpy().astype(np.float64),
+                                    pred[below, 4].cpu().numpy().astype(np.float64),
+                                    tuple(names[int(i)] for i in pred[below, 5].tolist()))
+            pred = pred[~below]
             masks = None
             if self.has_masks:
                 crops = retina_mask_crops(protos[index], pred[:, 6:], pred[:, :4], (height, width))
@@ -156,6 +200,8 @@ class YoloModel:
                 scores=pred[:, 4].cpu().numpy().astype(np.float64),
                 class_names=tuple(names[int(i)] for i in pred[:, 5].tolist()),
                 masks=masks,
+                candidates=candidates,
+                embedding=None if pooled is None else pooled[index].astype(np.float64),
             ))
         return found
 

@@ -21,6 +21,8 @@ from backend.sources.images import ImageError, ImageFetcher, TaskImage
 from formats.label_config import Control, LabelConfig
 from backend.prediction.limits import PixelBudget, RequestLimits, TaskFailures, TaskNotPredicted, TaskQueue
 from backend.prediction.concepts import ConceptPredictor
+from backend.prediction.quality import candidate_floor
+from backend.prediction.task_evidence import TaskEvidence
 from backend.prediction.tasks import task_mismatch, task_regions
 from backend.sources.label_studio import Credentials
 from backend.models.cache import ModelCache, ModelPathError, resolve_model_path
@@ -138,8 +140,9 @@ class BatchPredictor:
             return [prediction([], model_version) for _ in tasks]
         regions: list[list[dict]] = [[] for _ in tasks]
         failures = TaskFailures(len(tasks))
+        evidence = TaskEvidence(len(tasks))
         if plan:
-            self._predict_images(tasks, plan, credentials, limits, failures, regions)
+            self._predict_images(tasks, plan, credentials, limits, failures, regions, evidence)
         if concepts:
             self.concepts.predict(tasks, concepts, credentials, regions, failures, limits.why_not)
         for control in videos:
@@ -154,10 +157,14 @@ class BatchPredictor:
                 except (ImageError, PermissionError, VideoError, TaskNotPredicted) as exc:
                     failures.add(task_index, task_id(task), str(exc))
         failures.log(limits.why_not())
-        return [[] if index in failures else prediction(found, model_version) for index, found in enumerate(regions)]
+        scores = evidence.scores(regions, self._settings.task_score, self._settings.model_score_threshold)
+        clusters = evidence.clusters(self._settings, project)
+        return [[] if index in failures else prediction(found, model_version, scores[index], clusters[index])
+                for index, found in enumerate(regions)]
 
     def _predict_images(self, tasks: list[dict], plan: dict[YoloModel, list[Control]], credentials: Credentials | None,
-                        limits: RequestLimits, failures: TaskFailures, regions: list[list[dict]]) -> None:
+                        limits: RequestLimits, failures: TaskFailures, regions: list[list[dict]],
+                        evidence: TaskEvidence) -> None:
         data_keys = sorted({control.data_key for controls in plan.values() for control in controls})
         queue = TaskQueue(len(tasks), self._settings.batch_size)
         budget = PixelBudget(self._settings.max_decoded_pixels)
@@ -180,7 +187,7 @@ class BatchPredictor:
                     found = [self._infer(batch, tasks, failures) for batch in group.batches]
                     upcoming = upcoming or prepare_pool.submit(prepare)
                     for batch, detections in zip(group.batches, found):
-                        self._batch_regions(batch, detections, regions)
+                        self._batch_regions(batch, detections, regions, evidence)
                 finally:
                     budget.release(group.pixels)
                 group = upcoming.result()
@@ -271,6 +278,8 @@ class BatchPredictor:
     def _infer(self, batch: ModelBatch, tasks: list[dict], failures: TaskFailures) -> list:
         conf = min(self._threshold(control) for control in batch.controls)
         try:
+            if isinstance(batch.model, YoloModel) and self._settings.task_score == "quality":
+                return batch.model.infer(batch.prepared, conf, candidate_floor(conf))
             return batch.model.infer(batch.prepared, conf)
         except Exception as exc:  # one failing batch must not lose the other tasks
             logger.exception("YOLO failed on tasks %s", [task_id(tasks[i]) for i, _ in batch.items])
@@ -278,11 +287,15 @@ class BatchPredictor:
                 failures.add(index, task_id(tasks[index]), f"YOLO failed: {type(exc).__name__}")
             return []
 
-    def _batch_regions(self, batch: ModelBatch, detections: list, regions: list[list[dict]]) -> None:
+    def _batch_regions(self, batch: ModelBatch, detections: list, regions: list[list[dict]],
+                       evidence: TaskEvidence) -> None:
         for (task_index, image), found in zip(batch.items, detections):
+            evidence.embedded(task_index, batch.model.path, found)
             for control in batch.controls:
                 if control.data_key == batch.data_key:
-                    regions[task_index].extend(self._control_regions(control, image, found))
+                    control_regions = self._control_regions(control, image, found)
+                    regions[task_index].extend(control_regions)
+                    evidence.found(task_index, control, self._threshold(control), found, control_regions)
 
     def _control_regions(self, control: Control, image: TaskImage, found: Detections) -> list[dict]:
         threshold = self._threshold(control)
