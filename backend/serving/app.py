@@ -31,6 +31,7 @@ from backend.training.model_choice import model_choice
 from formats.regions import prediction
 from backend.serving.access import AccessPolicy
 from backend.serving.services import Services, build_services
+from backend.serving.status_page import add_status_routes, html_page, wants_html
 from backend.settings import Settings
 from backend.interactive.video_prompts import has_video_prompts
 
@@ -182,8 +183,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @app.get("/")
     @app.get("/health")
-    async def health() -> dict:
+    async def health(request: Request) -> Any:
         services = get_services()
+        if request.url.path == "/" and wants_html(request):  # a browser: the status page (backend/serving/status_page.py)
+            return await run_in_threadpool(html_page, services, request)
         return {
             "status": "UP",
             "model_class": "YoloSamBackend",
@@ -197,6 +200,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             # its own thread limit: /predict requests waiting on stalled downloads hold all of THREADS
             "training": await anyio.to_thread.run_sync(services.training.status, limiter=health_threads),
         }
+
+    add_status_routes(app, get_services)
 
     @app.post("/setup")
     async def setup(request: Request) -> dict:

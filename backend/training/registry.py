@@ -126,6 +126,10 @@ class ProjectModels:
     def card_path(self, version: int) -> Path:
         return self.directory / f"{version_stem(self.project, version)}.json"
 
+    def run_dir(self, version: int) -> Path:
+        """Ultralytics' plots and results.csv of the version's training run (the status page shows them)."""
+        return self.directory / "runs" / version_stem(self.project, version)
+
     def card(self, version: int) -> dict | None:
         try:
             return json.loads(self.card_path(version).read_text())

@@ -36,6 +36,8 @@ logger = logging.getLogger("backend.training")
 
 
 @dataclass(frozen=True)
+RUN_FILE_SUFFIXES = (".png", ".jpg", ".csv")
+RUN_FILE_BYTES = 4 * 1024 * 1024
 class JobSpec:
     project: str  # Label Studio's project uid, "<id>.<timestamp>"
     job_id: str
@@ -123,16 +125,13 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
     logger.info("training project %s: %d images, %d annotations, classes %s, %s from %s, %d epochs at %d on %s",
                 spec.project, data.images, data.annotations, ", ".join(data.classes), data.task, served.name,
                 options.epochs, options.imgsz, device)
-    board.progress(spec.project, spec.job_id, "training", epoch=0, epochs=options.epochs, images=data.images)
-
-    def on_epoch(epoch: int, epochs: int) -> None:
-        logger.info("training project %s: epoch %d of %d", spec.project, epoch, epochs)
-        board.progress(spec.project, spec.job_id, "training", epoch=epoch, epochs=epochs)
-
     label_of = _label_mapper(config, data.task, data.classes)
-    weights = trainer.train(served, data.yaml_path, work, options, on_epoch, data.task, label_of)
+    data_path = data.yaml_path.parent if data.task == "classify" else data.yaml_path
+    board.progress(spec.project, spec.job_id, "training", metric=METRICS[data.task], images=data.images)
+    split = trainer.fine_tune(served, data_path, work, options, _epoch_reporter(board, spec, "training", options.epochs),
+                              data.task, label_of)
     board.progress(spec.project, spec.job_id, "validating")
-    new = trainer.score(weights, data.yaml_path, data.task, lambda name: name if name in data.classes else None,
+    new = trainer.score(split.weights, data.yaml_path, data.task, lambda name: name if name in data.classes else None,
                         work, options)
     previous = trainer.score(served, data.yaml_path, data.task, label_of, work, options)
     promote = new.map50_95 >= previous.map50_95
@@ -140,9 +139,12 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
     card = {"version": version, "project": spec.project, "project_title": project.title, "status":
             "promoted" if promote else "rejected", "task": data.task, "base_model": served.name,
             "classes": list(data.classes), "images": data.images, "annotations": data.annotations,
-            "images_failed": data.images_failed, "epochs": options.epochs, "imgsz": options.imgsz,
+            "images_failed": data.images_failed, "epochs": epochs, "epochs_tried": options.epochs,
+            "trained_on": "all pictures" if weights != split.weights else "train split", "imgsz": options.imgsz,
             "device": device, "map_new": round(new.map50_95, 4), "map_previous": round(previous.map50_95, 4),
-            "map_previous_note": previous.note, "metric": METRICS[data.task], "seconds": round(time.monotonic() - started, 1),
+            "map_previous_note": previous.note, "metric": METRICS[data.task], "per_class_new": new.per_class,
+            "per_class_previous": previous.per_class, "history": split.history,
+            "seconds": round(time.monotonic() - started, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = models.publish(version, weights, card, promote)
     figures = f"val {METRICS[data.task]} new {new.map50_95:.4f} vs served {previous.map50_95:.4f} ({served.name}; {previous.note})"
@@ -151,6 +153,12 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
         return "promoted", f"{path.stem} serves project {spec.project}: {figures}", details
     return "rejected", f"{path.stem} kept as a rejected candidate, not served: {figures}", details
 
+    weights, epochs = split.weights, split.best_epoch
+    if promote and settings.train_final_on_all:  # the val split chose the epochs; now learn from every picture
+        final = trainer.fine_tune(served, trainer.all_pictures(data_path, data.task, work / "all"), work, options,
+                                  _epoch_reporter(board, spec, "training on all pictures", max(1, split.best_epoch)),
+                                  data.task, label_of, epochs=max(1, split.best_epoch), validate=False, name="final")
+        weights = final.weights
 
 def served_weights(settings: Settings, config: LabelConfig, project: int, task: str) -> Path:
     """The weights the project's trainable controls of the trained kind use today (the promoted model, else
@@ -159,6 +167,7 @@ def served_weights(settings: Settings, config: LabelConfig, project: int, task: 
     from backend.training.model_choice import model_choice
 
     controls = task_controls(config, task)
+    keep_run_files(split.run_dir, models.run_dir(version))
     control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])
     choice = model_choice(control, settings, project)
     return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting, choice.trained)
@@ -168,6 +177,30 @@ def _model_task(weights: Path) -> str:
     from ultralytics import YOLO
 
     return str(YOLO(str(weights)).task)
+def _epoch_reporter(board: JobBoard, spec: JobSpec, phase: str, epochs: int):  # noqa: ANN202
+    """Logs each epoch and puts it on the job board: epoch of N, when the phase began, its figures so far."""
+    history: list[dict] = []
+    key = "history" if phase == "training" else "final_history"  # the val split's curves stay on the board
+    board.progress(spec.project, spec.job_id, phase, epoch=0, epochs=epochs, phase_started_at=time.time(),
+                   **{key: history})
+
+    def on_epoch(epoch: int, epochs: int, row: dict) -> None:
+        logger.info("training project %s: %s: epoch %d of %d", spec.project, phase, epoch, epochs)
+        history.append(row)
+        board.progress(spec.project, spec.job_id, phase, epoch=epoch, epochs=epochs, **{key: history})
+
+    return on_epoch
+
+
+def keep_run_files(run_dir: Path, into: Path) -> None:
+    """Ultralytics' plots and per-epoch figures of the val-split run (what the status page shows), each
+    at most RUN_FILE_BYTES; the rest of the work folder goes."""
+    into.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if entry.suffix in RUN_FILE_SUFFIXES and entry.is_file() and entry.stat().st_size <= RUN_FILE_BYTES:
+            shutil.copyfile(entry, into / entry.name)
+
+
 
 
 def _label_mapper(config: LabelConfig, task: str, classes: tuple[str, ...]):  # noqa: ANN202
