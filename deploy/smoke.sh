@@ -106,7 +106,7 @@ check_image_contents() {
 
 run_offline() {
     log "2. docker run offline (--network none), no model settings, MODEL_NAME=sam with demo-tiny-sam.pt"
-    local name=$RUN_ID-offline started
+    local name=$RUN_ID-offline started output
     started=$(date +%s)
     STARTED_CONTAINERS+=("$name")
     docker run -d --name "$name" --network none --health-interval 5s \
@@ -115,8 +115,9 @@ run_offline() {
         -v "$REPO/deploy:/smoke:ro" "$IMAGE" >/dev/null
     wait_healthy "$name" 600
     log "    healthy after $(seconds_since "$started") s"
-    docker logs "$name" 2>&1 | grep -E "WARNING.*demo" | head -2 | sed 's/^/    /' >&2
-    docker logs "$name" 2>&1 | grep -q "WARNING.*demo-shapes-det.pt" || die "no WARNING naming the demo model in the log"
+    output=$(docker logs "$name" 2>&1)
+    grep -E "WARNING.*demo" <<<"$output" | sed 's/^/    /' >&2 || die "no WARNING naming the demo models in the log"
+    grep "WARNING.*demo-shapes-det.pt" <<<"$output" >/dev/null || die "no WARNING naming demo-shapes-det.pt in the log"
     docker exec "$name" python /smoke/smoke_client.py backend --url http://127.0.0.1:9090 --auth "smoke:$PASSWORD" \
         --picture-dir /tmp/smoke-pictures | sed 's/^/    /' >&2 || die "the backend's answers"
     started=$(date +%s)
@@ -126,14 +127,15 @@ run_offline() {
 
 run_missing_model() {
     log "3. a missing model (YOLO_DET_MODEL=missing.pt) with --restart unless-stopped"
-    local name=$RUN_ID-missing state
+    local name=$RUN_ID-missing state output
     STARTED_CONTAINERS+=("$name")
     docker run -d --name "$name" --network none --restart unless-stopped -e YOLO_DET_MODEL=missing.pt "$IMAGE" >/dev/null
     sleep 30
     state=$(docker inspect -f '{{.State.Status}} restarts={{.RestartCount}}' "$name")
-    docker logs "$name" 2>&1 | grep -E "FAILED|not serving" | sed 's/^/    /' >&2
+    output=$(docker logs "$name" 2>&1)
+    grep -E "FAILED|not serving" <<<"$output" | sed 's/^/    /' >&2 || true
     [ "$state" = "running restarts=0" ] || die "after 30 s: $state (want running, no restarts)"
-    docker logs "$name" 2>&1 | grep -q "YOLO_DET_MODEL.*missing.pt" || die "the log does not name YOLO_DET_MODEL"
+    grep "FAILED: YOLO_DET_MODEL.*missing.pt" <<<"$output" >/dev/null || die "the log does not name YOLO_DET_MODEL"
     log "    after 30 s: $state"
 }
 
