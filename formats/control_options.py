@@ -43,6 +43,7 @@ class TaskOptions:
     box_controls: tuple = ()  # KeyPointLabels: the RectangleLabels (Control) on its image, for model_add_bboxes
     taxonomy: tuple[tuple[str, ...], ...] = ()  # Taxonomy: the path of each node a class can become, in config order
     find_all: bool = False  # smart RectangleLabels model_find_all="true": the drawn box is a SAM 3 example
+    predicted_values: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (label, its predicted_values as written)
 
     def keypoint_label(self, class_name: str, index: int) -> str | None:
         """The label of keypoint `index` of an object of class `class_name`: a Label naming this class wins."""
@@ -102,6 +103,10 @@ def parse_options(tag, frame_rate: str | None = None) -> TaskOptions:  # noqa: A
         track_iou=_number(name, "model_iou", attr.get("model_iou"), 0.7, 0.0, 1.0),
         frame_rate=str(frame_rate or DEFAULT_FRAME_RATE),
         find_all=_flag(attr.get("model_find_all"), False),
+        predicted_values=tuple((label, tuple(value.strip() for value in
+                                             ((label_tag.attr or {}).get("predicted_values") or "").split(",")
+                                             if value.strip()))
+                               for label, label_tag in (tag.labels_attrs or {}).items()),
     )
 
 

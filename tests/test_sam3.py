@@ -92,9 +92,10 @@ def test_phrases_of_one_label_are_merged_into_one_region_per_object(client: Test
 
 def test_label_phrases_come_from_predicted_values_or_the_value() -> None:
     control = parse_label_config(config_xml(
-        '<RectangleLabels name="rect" toName="image"><Label value="Dent"/>'
-        '<Label value="Pallet" predicted_values="wooden pallet, euro pallet"/></RectangleLabels>')).controls[0]
-    assert label_phrases(control, control.labels) == (("Dent", ("Dent",)), ("Pallet", ("wooden pallet", "euro pallet")))
+        '<RectangleLabels name="rect" toName="image"><Label value="Scratch"/><Label value="Dent" predicted_values="dent,bump"/>'
+        '<Label value="Pallet" predicted_values="Wooden pallet, euro pallet"/></RectangleLabels>')).controls[0]
+    assert label_phrases(control, control.labels) == (("Scratch", ("Scratch",)), ("Dent", ("dent", "bump")),
+                                                      ("Pallet", ("Wooden pallet", "euro pallet")))
 
 
 def test_example_box_gives_meta_add_geometric_prompt(meta: MetaReference, model_root: Path,

@@ -57,12 +57,9 @@ class ConceptControl:
 
 
 def label_phrases(control: Control, labels: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Each label's `predicted_values` (lower case, as parsed), or the label itself when it has none."""
-    names: dict[str, list[str]] = {label: [] for label in labels}
-    for class_name, label in control.class_to_label:
-        if label in names and class_name != label.lower():
-            names[label].append(class_name)
-    return tuple((label, tuple(found) or (label,)) for label, found in names.items())
+    """Each label's `predicted_values` as written, or the label itself when it has none."""
+    written = dict(control.options.predicted_values)
+    return tuple((label, written.get(label) or (label,)) for label in labels)
 
 
 def unserved_labels(control: Control, class_names: tuple[str, ...]) -> tuple[str, ...]:

@@ -131,6 +131,18 @@ class Services:
             self.model_errors.pop(choice.setting, None)
             logger.info("%s=%s loaded (%s): %s model, classes %s", choice.setting, choice.path_value, model.path.name,
                         model.task, ", ".join(model.class_names[:20]) + (" ..." if len(model.class_names) > 20 else ""))
+        self._hash_concept_model()
+
+    def _hash_concept_model(self) -> None:
+        """CONCEPT_MODEL's content hash names it in model versions: computed now, not in the first /setup
+        (Label Studio waits 3 s on it; Meta's sam3.pt is 3.4 GB)."""
+        try:
+            path = self.predictor.concepts.concept_model()
+        except ModelPathError as exc:
+            logger.error("%s", exc)
+            return
+        if path is not None:
+            logger.info("CONCEPT_MODEL=%s: SAM 3 checkpoint %s", self.settings.concept_model, model_tag(path))
 
     def start_loading_default_models(self) -> threading.Thread:
         thread = threading.Thread(target=self.load_default_models, name="load-default-models", daemon=True)
