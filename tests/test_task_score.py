@@ -8,10 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import (ALL_CONTROLS_CONFIG, DEMO_DET, MODELS_DIR, SHAPE_LABELS, SHAPES_SEEDS, config_xml,
                             local_url)
+from backend.prediction.clusters import MAX_FILE_BYTES, ProjectClusters, kmeans, nearest, normalized
 from backend.prediction.quality import NOTHING_FOUND, ControlFindings, task_quality
 
 BOX = np.array([[10, 10, 50, 50]], float)
@@ -137,3 +139,18 @@ def test_clusters_are_the_same_on_two_backends_sharing_model_root(make_client: C
     assert [r["cluster"] for r in predict(other, RECT, SHAPES[3:5], project="7.1700000000")] == clusters[3:5]
     assert "cluster" not in predict(other, RECT, SHAPES)[0]  # no project: nobody may create or read centres
     assert "cluster" not in predict(other, RECT, SHAPES, project="../7")[0]
+
+
+def test_kmeans_is_deterministic_whatever_the_order_and_bounded(tmp_path: Path) -> None:
+    points = normalized(np.random.default_rng(3).normal(size=(300, 16)))
+    centres = kmeans(points, 5)
+    assert np.array_equal(centres, kmeans(points[::-1], 5)) and centres.shape == (5, 16)
+    assert np.array_equal(nearest(points, centres), nearest(points, kmeans(points[np.random.default_rng(4).permutation(300)], 5)))
+    with pytest.raises(ValueError, match="between 1 and 64"):
+        ProjectClusters(tmp_path, "1.1700000000", 65, "m@x")
+    with pytest.raises(ValueError):
+        ProjectClusters(tmp_path, "../1", 2, "m@x")  # not a project uid: no folder of its own
+    oversized = ProjectClusters(tmp_path, "1.1700000000", 2, "m@x")
+    oversized.path.parent.mkdir(parents=True)
+    oversized.path.write_bytes(b" " * (MAX_FILE_BYTES + 1))
+    assert oversized.centres() is None

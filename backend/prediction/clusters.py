@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FILES = 4
 MAX_FILE_BYTES = 2_000_000
-MAX_FIT_IMAGES = 4096
-KMEANS_ITERATIONS = 50
+MAX_FIT_IMAGES = 1024
+KMEANS_ITERATIONS = 20
 KMEANS_SEED = 0
 IMAGES_PER_CLUSTER = 3  # the fewest images per cluster that may create the centres
 
@@ -54,13 +54,15 @@ def kmeans(points: np.ndarray, k: int, seed: int = KMEANS_SEED, iterations: int 
     taken in sorted order so the centres do not depend on the order the images came in."""
     points = np.asarray(points, np.float64)
     points = points[np.lexsort(points.T[::-1])]
+    points = points[::-(-len(points) // MAX_FIT_IMAGES)]  # an even sample of at most MAX_FIT_IMAGES, order-free
     rng = np.random.default_rng(seed)
     centres = [points[int(rng.integers(len(points)))]]
+    distance = ((points - centres[0]) ** 2).sum(axis=1)  # to the nearest centre so far
     for _ in range(1, k):
-        distance = np.min([((points - c) ** 2).sum(axis=1) for c in centres], axis=0)
         total = distance.sum()
         index = int(rng.choice(len(points), p=distance / total)) if total > 0 else int(rng.integers(len(points)))
         centres.append(points[index])
+        distance = np.minimum(distance, ((points - points[index]) ** 2).sum(axis=1))
     centres = np.array(centres)
     for _ in range(iterations):
         labels = nearest(points, centres)
@@ -72,8 +74,11 @@ def kmeans(points: np.ndarray, k: int, seed: int = KMEANS_SEED, iterations: int 
 
 
 def nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    distances = ((np.asarray(points)[:, None, :] - np.asarray(centres)[None, :, :]) ** 2).sum(axis=2)
-    return distances.argmin(axis=1)
+    """Each point's nearest centre, by exact squared distances (no BLAS product whose rounding could differ
+    between machines), 256 points at a time."""
+    points, centres = np.asarray(points, np.float64), np.asarray(centres, np.float64)
+    return np.concatenate([((points[start:start + 256, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+                           for start in range(0, len(points), 256)]) if len(points) else np.zeros(0, int)
 
 
 class ProjectClusters:
@@ -116,7 +121,7 @@ class ProjectClusters:
                 logger.info("clusters: %d images cannot make %d clusters (at least %d needed); none assigned yet",
                             len(present), self.k, min_images(self.k))
                 return [None] * len(embeddings)
-            centres = self._create(normalized(np.array(present[:MAX_FIT_IMAGES])))
+            centres = self._create(normalized(np.array(present)))
         clusters = iter(nearest(normalized(np.array(present)), centres).tolist())
         return [None if e is None else int(next(clusters)) for e in embeddings]
 
