@@ -100,6 +100,8 @@ def fine_tune(base_weights: Path, data: Path, work_dir: Path, options: TrainOpti
 
     def epoch_end(trainer) -> None:  # noqa: ANN001 - Ultralytics' trainer
         epoch = int(trainer.epoch) + 1
+        if epoch > int(trainer.epochs):  # the best weights' final evaluation reports itself as one epoch more
+            return
         metrics = trainer.metrics or {}
         losses = trainer.label_loss_items(trainer.tloss) if trainer.tloss is not None else {}
         row = {"epoch": epoch, "loss": round(sum(float(value) for value in losses.values()), 4)}
@@ -190,7 +192,8 @@ def score(weights: Path, data_yaml: Path, task: str, label_of: Callable[[str], s
     if not present:
         raise ValueError("the val split has no labelled objects")
     if not to_model.keys() & present:
-        return Score(0.0, f"{weights.name} outputs none of the labels {', '.join(classes)}")
+        return Score(0.0, f"{weights.name} outputs none of the labels {', '.join(classes)}",
+                     {classes[c]: 0.0 for c in sorted(present)})
     eval_root = work_dir / f"eval-{weights.stem}"
     eval_yaml = _remapped_val_split(Path(data["path"]), eval_root, to_model, model_names,
                                     {key: data[key] for key in ("kpt_shape", "flip_idx") if key in data})
@@ -228,7 +231,8 @@ def _top1(model, val_dir: Path, classes: list[str], label_of: Callable[[str], st
     labelled = {index: classes.index(label) for index, name in model.names.items()
                 if (label := label_of(str(name))) in classes}
     if not labelled:
-        return Score(0.0, f"{Path(model.ckpt_path or '').name} outputs none of the labels {', '.join(classes)}")
+        return Score(0.0, f"{Path(model.ckpt_path or '').name} outputs none of the labels {', '.join(classes)}",
+                     {classes[truth]: 0.0 for _, truth in samples})
     right, seen = [0] * len(classes), [0] * len(classes)
     for start in range(0, len(samples), max(options.batch, 1)):
         chunk = samples[start:start + max(options.batch, 1)]
