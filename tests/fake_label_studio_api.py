@@ -71,7 +71,8 @@ class FakeLabelStudioAPI(LoopbackServer):
         with self._lock:
             for item in items:
                 prediction = {"id": self._next_prediction_id, "task": item["task"], "result": item.get("result", []),
-                              "score": item.get("score"), "model_version": item.get("model_version"), "project": PROJECT_ID}
+                              "score": item.get("score"), "model_version": item.get("model_version"), "project": PROJECT_ID,
+                              "cluster": item.get("cluster")}
                 self._next_prediction_id += 1
                 self.predictions[int(item["task"])].append(prediction)
             self.imported_batches.append(len(items))

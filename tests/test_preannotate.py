@@ -209,3 +209,24 @@ def test_a_project_with_a_promoted_trained_model_is_predicted_by_it(image_root: 
     assert [o.prediction["model_version"] for o in own.predict(tasks)] == [own.version]
     (outcome,) = other.predict(tasks)
     assert outcome.prediction is None or outcome.prediction["result"] == []  # the start-up models know no "disc"
+
+
+def test_clusters_option_gives_every_prediction_a_cluster_of_the_projects_centres(
+        fake: FakeLabelStudioAPI, image_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
+
+    root = tmp_path / "models"
+    root.mkdir()
+    for name in (DEMO_DET, DEMO_SEG):
+        shutil.copyfile(MODELS_DIR / name, root / name)
+    args = ["--ls_url", fake.url, "--api_key", TOKEN, "--project", str(PROJECT_ID), "--limit", "12", "--batch", "2",
+            "--with", f"model_root={root}", "yolo_det_model=demo-shapes-det.pt", "yolo_seg_model=demo-shapes-seg.pt",
+            f"local_files_document_root={image_root}", f"cache_dir={tmp_path / 'cache'}", "device=cpu"]
+    assert main([*args, "--clusters", "65"]) == 1
+    assert "CLUSTERS must be between 0 (off) and 64" in capsys.readouterr().err
+    assert main([*args, "--clusters", "3"]) == 0
+    clusters = {task_id: predictions[0]["cluster"] for task_id, predictions in stored(fake).items()}
+    assert len(clusters) == 12 and set(clusters.values()) == {0, 1, 2}  # the first batch grew to 9 tasks: 3 x K
+    assert len(list((root / "projects" / f"{PROJECT_ID}.1700000000").glob("clusters-k3-*.json"))) == 1

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from backend.prediction.clusters import min_images
 from backend.settings import Settings, SettingsError
 from tools.annotate_options import AnnotateError, load_toml_settings, parse_with
 from tools.preannotate.client import RetryPolicy
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--page_size", type=int, default=100, help="tasks read per API page (default 100)")
     parser.add_argument("--limit", type=int, default=None, help="only the project's first N tasks (by id)")
     parser.add_argument("--dry_run", action="store_true", help="predict, but write nothing into Label Studio")
+    parser.add_argument("--clusters", type=int, default=0, metavar="K",
+                        help="give each prediction a cluster (0..K-1, K <= 64) of the project's images by the YOLO "
+                             "backbone's features, for uncertainty sampling; the first batch (at least 3K tasks) "
+                             "makes the project's centres in MODEL_ROOT (the CLUSTERS setting)")
     parser.add_argument("--retries", type=int, default=8, help="tries per Label Studio request on 429/5xx/no answer (default 8)")
     storage = parser.add_argument_group("cloud storage images (s3://, gs://, azure-blob://)")
     storage.add_argument("--read_storage", choices=("presign", "direct"), default=None,
@@ -79,8 +84,11 @@ def run(args: argparse.Namespace) -> JobSummary:
         value = getattr(args, name)
         if value is not None and value < (1 if name in ("page_size", "retries", "max_inflight") else 0):
             raise JobError(f"--{name} must be at least {1 if name in ('page_size', 'retries', 'max_inflight') else 0}")
-    options = JobOptions(args.ls_url, args.api_key, args.project, job_settings(args.config, args.overrides, args.read_storage, args.storage_options),
-                         batch=args.batch, page_size=args.page_size, limit=args.limit, dry_run=args.dry_run,
+    settings = job_settings(args.config, args.overrides + ([f"clusters={args.clusters}"] if args.clusters else []),
+                            args.read_storage, args.storage_options)
+    batch = max(args.batch or settings.batch_size, min_images(settings.clusters)) if settings.clusters else args.batch
+    options = JobOptions(args.ls_url, args.api_key, args.project, settings,
+                         batch=batch, page_size=args.page_size, limit=args.limit, dry_run=args.dry_run,
                          retry=RetryPolicy(attempts=args.retries), progress=True)
     if args.ray is None:
         return run_local(options)

@@ -162,7 +162,8 @@ class ProjectClient:
         def send() -> None:
             if pending:
                 request = [PredictionRequest(task=task_id, result=prediction["result"], score=prediction.get("score"),
-                                             model_version=prediction["model_version"]) for task_id, prediction in pending]
+                                             model_version=prediction["model_version"], cluster=prediction.get("cluster"))
+                           for task_id, prediction in pending]
                 self._sdk.projects.import_predictions(self.project_id, request=request, request_options=self._options)
 
         self._call(f"importing {len(predictions)} predictions into project {self.project_id}", send, drop_committed)
