@@ -31,7 +31,7 @@ from backend.sources.images import ImageError, ImageFetcher
 from backend.sources.label_studio import AccessTokens
 from backend.sources.url_policy import AddressPolicy
 from tests.conftest import ALL_CONTROLS_CONFIG, DEMO_DET, DEMO_SEG, MODELS_DIR, demo_settings, local_url
-from tests.stalling_images import StallingImages
+from bench.stalling_images import StallingImages
 from tools.shapes_dataset import generate_image
 
 SHAPES_PNG = cv2.imencode(".png", generate_image(5000).image)[1].tobytes()

@@ -233,6 +233,8 @@ class FolderPredictor:
             url = task["data"]["image"]
             if not failure and url not in self._loaded:
                 failure = _unreadable_reason(self._services.fetcher, url)
+            if not failure and not prediction:  # not predicted although it loads: the predictor's warning says why
+                failure = "no prediction (the warning for the batch says why)"
             if not failure:
                 task["image_size"] = self._loaded[url]  # the size COCO records, without reading the image again
             results.append((task, prediction, failure))

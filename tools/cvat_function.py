@@ -95,6 +95,8 @@ class BackendDetectionFunction:
             [prediction] = self._services.predictor.predict([task], config, None, model_version="")
         finally:
             frame.unlink(missing_ok=True)
+        if not prediction:  # the frame was not predicted: the backend's warning line says why
+            raise RuntimeError(f"frame {context.frame_name} could not be predicted; see the warning in the log")
         return self.shapes(prediction["result"])
 
     def shapes(self, regions: list[dict]) -> list[models.LabeledShapeRequest]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -66,13 +66,13 @@ class YoloModels:
         path = self.path(choice)
         kind = TaskYoloModel if choice.task_model else YoloModel
         # A file replaced under the same name (a retrained model) is loaded again, and the old one dropped.
+        imgsz = 0 if choice.trained else self._settings.yolo_imgsz  # 0: the size the model was trained at
         key = ("yolo-task" if choice.task_model else "yolo", str(path), file_fingerprint(path), self._device,
                self._settings.half, imgsz)
         self._cache.discard(lambda other: other[:2] == key[:2] and other != key)
         return self._cache.get(key, lambda: kind(path, choice.setting, self._device, self._settings.half, imgsz))
 
 
-        imgsz = 0 if choice.trained else self._settings.yolo_imgsz  # 0: the size the model was trained at
 class BatchPredictor:
     def __init__(self, settings: Settings, models: YoloModels, fetcher: ImageFetcher,
                  box_segmenter: Callable[[TaskImage, np.ndarray], np.ndarray] | None = None,
@@ -184,13 +184,21 @@ class BatchPredictor:
             while group is not None:
                 upcoming = prepare_pool.submit(prepare) if overlap_forward else None
                 try:
-                    found = [self._infer(batch, tasks, failures) for batch in group.batches]
-                    upcoming = upcoming or prepare_pool.submit(prepare)
-                    for batch, detections in zip(group.batches, found):
-                        self._batch_regions(batch, detections, regions, evidence)
+                    upcoming = self._run_group(group, tasks, failures, regions, evidence,
+                                               lambda: upcoming or prepare_pool.submit(prepare))
                 finally:
-                    budget.release(group.pixels)
+                    pixels, group = group.pixels, None  # its images are freed before the next group's are decoded
+                    budget.release(pixels)
                 group = upcoming.result()
+
+    def _run_group(self, group: TaskGroup, tasks: list[dict], failures: TaskFailures, regions: list[list[dict]],
+                   evidence: TaskEvidence, prepare_next: Callable[[], Future]) -> Future:
+        """The group through its models; `prepare_next()` (once the forward passes are done) gives the next group."""
+        found = [self._infer(batch, tasks, failures) for batch in group.batches]
+        upcoming = prepare_next()
+        for batch, detections in zip(group.batches, found):
+            self._batch_regions(batch, detections, regions, evidence)
+        return upcoming
 
     def _threshold(self, control: Control) -> float:
         return control.score_threshold if control.score_threshold is not None else self._settings.model_score_threshold

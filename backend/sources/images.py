@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import requests
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from backend.sources.label_studio import AccessTokens, Credentials
 from backend.sources.object_storage import ObjectStorage, StorageError
@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io").setLevel(logging.CRITICAL)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+STRIP_PIXELS = 4_000_000  # decoded pixels converted for numpy at a time
+# Pillow keeps a large image in 16 MB blocks by default, small enough for malloc to take them from a thread's
+# arena, which keeps them after the image is freed (400 MB more per decoding thread for 100 megapixels):
+# blocks of 64 MB are mapped and unmapped with each image.
+Image.core.set_block_size(64 * 1024 * 1024)
 
 
 class ImageError(Exception):
@@ -285,12 +290,11 @@ class ImageFetcher:
         with self._opened(source) as image:
             return image.size[0] * image.size[1]
 
-
     def decode(self, path: Path | io.BytesIO) -> np.ndarray:
         """RGB pixels with the EXIF orientation applied, as Label Studio displays the image."""
         with self._opened(path) as image:
             try:
-                return _browser_rgb(ImageOps.exif_transpose(image))
+                return _browser_rgb(_upright(image))
             except (OSError, ValueError, SyntaxError) as exc:
                 raise ImageError(f"cannot decode image: {type(exc).__name__}: {str(exc)[:200]}") from None
 
@@ -318,16 +322,41 @@ def _pillow_open(source: Path | io.BytesIO) -> Image.Image:
     return getattr(sys.modules.get(opener.__module__), "_image_open", opener)(source)
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """The EXIF orientation applied; the image itself when it has none (exif_transpose copies it: a 100-megapixel
+    image is 400 MB more)."""
+    return ImageOps.exif_transpose(image) if image.getexif().get(ExifTags.Base.Orientation, 1) != 1 else image
+
+
 def _browser_rgb(image: Image.Image) -> np.ndarray:
     """HxWx3 uint8 as a browser shows the image: 16-bit values / 257, floats 0..1 times 255."""
     if image.mode.startswith("I;16") or image.mode == "I":
-        wide = np.asarray(image).astype(np.uint32)  # "I": 16-bit PNGs and TIFFs as Pillow opens some of them
+        wide = _pixels(image).astype(np.uint32)  # "I": 16-bit PNGs and TIFFs as Pillow opens some of them
         gray = ((np.minimum(wide, 65535) + 128) // 257).astype(np.uint8)
     elif image.mode == "F":
-        gray = (np.clip(np.nan_to_num(np.asarray(image)), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        gray = (np.clip(np.nan_to_num(_pixels(image)), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     else:
-        return np.asarray(image.convert("RGB"))
+        return _pixels(image, "RGB")
     return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _pixels(image: Image.Image, mode: str | None = None) -> np.ndarray:
+    """np.asarray(image.convert(mode)) a strip of rows at a time: whole, a converted copy and the bytes Pillow
+    joins for numpy would each cost the image's size again (about 1 GB more for 100 megapixels)."""
+    rows = max(1, STRIP_PIXELS // max(1, image.width))
+
+    def strip(top: int) -> np.ndarray:
+        part = image.crop((0, top, image.width, min(image.height, top + rows)))
+        return np.asarray(part.convert(mode) if mode and part.mode != mode else part)
+
+    first = strip(0)
+    if rows >= image.height:
+        return first
+    pixels = np.empty((image.height, *first.shape[1:]), first.dtype)
+    pixels[:rows] = first
+    for top in range(rows, image.height, rows):
+        pixels[top:top + rows] = strip(top)
+    return pixels
 
 
 def _content_kind(source: Path | io.BytesIO) -> str:

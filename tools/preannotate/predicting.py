@@ -95,11 +95,13 @@ class TaskPredictor:
         outcomes = []
         for task, prediction, failure in self._predict_each([task_for_prediction(task) for task in tasks]):
             task_id = int(task["id"])
-            if failure is None and not prediction["result"]:
+            if failure is None and not (prediction and prediction["result"]):
                 image_problem = self._image_problem(task)
                 if image_problem:
                     outcomes.append(Outcome(task_id, FAILED, FAILED_IMAGE, image_problem))
                     continue
+                if not prediction:  # not predicted although its images load: the predictor's warning says why
+                    failure = "no prediction (the backend's warning for the batch says why)"
             if failure is not None:
                 outcomes.append(Outcome(task_id, FAILED, FAILED_MODEL, failure))
             else:

@@ -1,4 +1,4 @@
-"""A loopback image host for limit tests and bench/bench_limits.py.
+"""A loopback image host for bench/bench_limits.py and tests/test_limits.py.
 
     /ok-*.png       the image, at once
     /trickle-*.png  announces the image's length, then sends one byte every `trickle_s` seconds
