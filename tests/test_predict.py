@@ -147,9 +147,9 @@ def test_controls_sharing_a_model_share_one_forward_pass_per_batch(make_client: 
     calls: list[int] = []
     original = YoloModel.infer
 
-    def counting(self: YoloModel, prepared: PreparedBatch, conf: float) -> list:
+    def counting(self: YoloModel, prepared: PreparedBatch, conf: float, candidate_floor: float | None = None) -> list:
         calls.append(len(prepared.shapes))
-        return original(self, prepared, conf)
+        return original(self, prepared, conf, candidate_floor)
 
     monkeypatch.setattr(YoloModel, "infer", counting)
     labels = '<Label value="circle"/><Label value="square"/><Label value="triangle"/>'
