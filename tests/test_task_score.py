@@ -129,6 +129,10 @@ def test_clusters_are_the_same_on_two_backends_sharing_model_root(make_client: C
     shutil.copyfile(MODELS_DIR / DEMO_DET, root / DEMO_DET)
     one = make_client(model_root=str(root), clusters=2, cache_dir=str(tmp_path / "one"))
     other = make_client(model_root=str(root), clusters=2, cache_dir=str(tmp_path / "two"))
+    assert "cluster" not in predict(one, RECT, SHAPES, project="7.1700000000")[0]  # no /setup: not a known project
+    assert not (root / "projects").exists()
+    for client in (one, other):  # Label Studio connects the project to each backend
+        assert client.post("/setup", json={"project": "7.1700000000", "schema": RECT}).status_code == 200
     assert predict(one, RECT, SHAPES[:2], project="7.1700000000")[0].get("cluster") is None  # too few to make 2
     first = predict(one, RECT, SHAPES, project="7.1700000000")
     clusters = [r["cluster"] for r in first]

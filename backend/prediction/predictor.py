@@ -83,6 +83,8 @@ class BatchPredictor:
         self._box_segmenter = box_segmenter  # SAM: boxes -> masks, when YOLO_SAM is on
         self._on_image = on_image  # e.g. SAM embedding prefetch
         self._video = VideoPredictor(settings, fetcher, models.device)
+        # CLUSTERS: centres only for projects Label Studio set up here, unless the caller vouches for the project
+        self.clusters_for_any_project = False
         self.concepts = ConceptPredictor(settings, models.cache, fetcher, models.device, on_image)  # SAM 3
 
     def plan(self, config: LabelConfig, project: object = None) -> dict[YoloModel, list[Control]]:
@@ -158,7 +160,7 @@ class BatchPredictor:
                     failures.add(task_index, task_id(task), str(exc))
         failures.log(limits.why_not())
         scores = evidence.scores(regions, self._settings.task_score, self._settings.model_score_threshold)
-        clusters = evidence.clusters(self._settings, project)
+        clusters = evidence.clusters(self._settings, project, self.clusters_for_any_project)
         return [[] if index in failures else prediction(found, model_version, scores[index], clusters[index])
                 for index, found in enumerate(regions)]
 

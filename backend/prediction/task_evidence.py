@@ -14,6 +14,7 @@ from backend.models.yolo import Detections
 from backend.prediction.clusters import ProjectClusters
 from backend.prediction.quality import ControlFindings, task_quality
 from backend.settings import Settings
+from backend.sources.label_studio import SetupStore
 from formats.label_config import Control
 
 logger = logging.getLogger(__name__)
@@ -75,10 +76,17 @@ class TaskEvidence:
             scores.append(task_quality(self.findings[index] + extra))
         return scores
 
-    def clusters(self, settings: Settings, project: object) -> list[int | None]:
-        """Each task's cluster (CLUSTERS=K), None when off, the project is not known, or no centres exist yet."""
+    def clusters(self, settings: Settings, project: object, any_project: bool = False) -> list[int | None]:
+        """Each task's cluster (CLUSTERS=K), None when off, the project is not known, or no centres exist yet.
+
+        A known project is one Label Studio connected to this backend (its /setup is kept in CACHE_DIR/setup),
+        or any project when `any_project` (a job that read the project from Label Studio with its own key): a
+        /predict naming made-up project uids must not create folders and files in MODEL_ROOT."""
         count = len(self.embeddings)
         if not settings.clusters or not self.embedding_model or project is None:
+            return [None] * count
+        if not any_project and not SetupStore(settings.cache_path / "setup").load(str(project)):
+            logger.debug("clusters: project %s has no /setup here; no clusters", str(project)[:60])
             return [None] * count
         try:
             clusters = ProjectClusters(settings.model_root_path, str(project), settings.clusters, self.embedding_model)

@@ -77,6 +77,7 @@ class TaskPredictor:
         self.config = parse_config(label_config)
         self._project = project  # a project with a promoted trained model is predicted by that model
         self._services = build_backend(settings)
+        self._services.predictor.clusters_for_any_project = True  # the project was read from Label Studio itself
         self.version = model_version(self._services, self.config, project)
         self._credentials = credentials
         self._data_keys = sorted({control.data_key for control in self.config.prediction_controls})
