@@ -78,6 +78,8 @@ class Settings:
     max_image_pixels: int = _setting(100_000_000, "Images with more pixels are refused (decompression bombs).")
     max_download_bytes: int = _setting(100_000_000, "Image downloads larger than this are abandoned (bytes, after gzip decoding).")
     max_request_bytes: int = _setting(20_000_000, "Request bodies larger than this get 413.")
+    max_label_config_bytes: int = _setting(1_000_000, "A /setup `schema` (labeling config) larger than this gets 413, as do a `hostname` over 2,048 and an `access_token` over 8,192 bytes.")
+    max_setup_projects: int = _setting(1000, "Projects whose /setup (URL, token, labeling config) is kept in CACHE_DIR/setup; beyond it, or beyond 50 MB together, the least recently set up are forgotten until Label Studio sends /setup again.")
     allow_private_urls: bool = _setting(False, "Let task image URLs reach loopback, private, link-local and reserved addresses (Label Studio's own host always may; cloud metadata addresses only through ALLOWED_URL_HOSTS).")
     allowed_url_hosts: str = _setting("", "Hosts task image URLs may reach even on private addresses: names, `*.domain`, addresses or CIDRs, comma-separated (on-premise storage).")
     storage_read: str = _setting("presign", "Cloud storage image URLs (`s3://`, `gs://`, `azure-blob://`): `presign` asks Label Studio to presign each; `direct` reads the bucket through fsspec with this process' own credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*; `pip install -e '.[remote]'`).")
@@ -98,6 +100,9 @@ class Settings:
     train_imgsz: int = _setting(640, "Training and validation image size (on CPU: 160-320).")
     train_batch: int = _setting(16, "Training batch size (on CPU: 4-8).")
     train_threads: int = _setting(0, "CPU threads of the training process; 0: half the CPU cores. It also runs at a lower priority (nice).")
+    train_concurrency: int = _setting(1, "Training processes at once per MODEL_ROOT, whichever worker or host got the trigger (file locks in MODEL_ROOT/.training); other jobs wait their turn.")
+    train_queue_length: int = _setting(20, "Training jobs that may wait for a free TRAIN_CONCURRENCY slot (first come, first served); a trigger beyond is refused with a message (webhook answer 503).")
+    train_keep_versions: int = _setting(5, "Trained model files kept per project: beyond, the oldest go (rejected candidates first; the served version always stays; cards stay).")
     train_queue: str = _setting("", "`redis://host:6379/0`: training jobs go to this RQ queue for `rq worker ls-yolo-train` (sharing MODEL_ROOT); empty: a local process.")
 
     train_final_on_all: bool = _setting(True, "After the val split has chosen the epochs and the new model is promoted, train the served model again on every annotated picture for that many epochs (better on small projects; up to twice the time).")
@@ -129,7 +134,7 @@ class Settings:
         if not 0.0 <= self.model_score_threshold <= 1.0:
             raise SettingsError("MODEL_SCORE_THRESHOLD must be between 0 and 1")
         for name in ("batch_size", "fetch_workers", "max_image_pixels", "max_download_bytes", "max_request_bytes", "workers",
-                     "threads", "max_decoded_pixels"):
+                     "threads", "max_decoded_pixels", "max_label_config_bytes", "max_setup_projects"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1")
         if self.video_time_limit <= 0 or self.predict_time_limit <= 0:
@@ -186,7 +191,8 @@ class Settings:
 
 
 def _validate_training(settings: Settings) -> None:
-    for name in ("train_min_images", "train_epochs", "train_batch"):
+    for name in ("train_min_images", "train_epochs", "train_batch", "train_concurrency", "train_queue_length",
+                 "train_keep_versions"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{name.upper()} must be at least 1")
     if settings.train_every < 0 or settings.train_threads < 0:

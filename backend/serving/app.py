@@ -210,6 +210,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         project = _optional_str(payload, "project")
         hostname = _optional_str(payload, "hostname") or ""
         access_token = _optional_str(payload, "access_token") or ""
+        _check_setup_sizes(payload, settings.max_label_config_bytes)
         config = _label_config(payload, "schema", {})
         _check_model_paths(services, config)
         try:
@@ -287,6 +288,19 @@ def _log_unknown_route(request: Request, status: int) -> None:
     logger.warning("%s %s: %s (HTTP %d). The backend answers /setup, /predict, /webhook, /health at its root: connect "
                    "its root URL in Label Studio (http://host:port, nothing after the port)",
                    request.method, request.url.path[:200], what, status)
+
+
+SETUP_FIELD_LIMITS = {"hostname": 2048, "access_token": 8192}  # a URL; a JWT is under 1 KB
+
+
+def _check_setup_sizes(payload: dict, max_label_config_bytes: int) -> None:
+    """/setup's fields are stored for every project: sizes a real Label Studio never comes near are refused."""
+    limits = SETUP_FIELD_LIMITS | {"schema": max_label_config_bytes}
+    for key, limit in limits.items():
+        value = payload.get(key)
+        if isinstance(value, str) and len(value.encode()) > limit:
+            setting = " (MAX_LABEL_CONFIG_BYTES)" if key == "schema" else ""
+            raise BadRequest(f"'{key}' is {len(value.encode())} bytes, more than {limit}{setting}", 413)
 
 
 def _check_model_paths(services: Services, config: LabelConfig) -> None:

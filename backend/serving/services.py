@@ -193,6 +193,6 @@ def build_services(settings: Settings) -> Services:
         if settings.sam_prefetch:
             on_image = interactive.prefetch
     predictor = BatchPredictor(settings, yolo, fetcher, box_segmenter=box_segmenter, on_image=on_image)
-    return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup"), predictor,
+    return Services(settings, device, cache, yolo, fetcher, SetupStore(settings.cache_path / "setup", settings.max_setup_projects), predictor,
                     metrics, interactive, training=TrainingService(settings),
                     token_check=TokenCheck(tokens, settings.cache_path / "token-check.json", settings.download_timeout))

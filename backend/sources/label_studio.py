@@ -70,6 +70,9 @@ def webhook_project_uid(project: object) -> str:
     return f"{project_id}.{int(moment.timestamp())}"
 
 
+SETUP_STORE_MAX_BYTES = 50_000_000
+
+
 class SetupStore:
     """Per-project `hostname`, `access_token` and labeling config from /setup, in files every worker reads.
 
@@ -80,8 +83,9 @@ class SetupStore:
     Files are readable by their owner only: they hold tokens.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_projects: int = 1000) -> None:
         self._directory = directory
+        self._max_projects = max_projects
 
     def path(self, project: str) -> Path:
         return self._directory / f"project-{project}.json"
@@ -112,6 +116,26 @@ class SetupStore:
                                                                            stored.get("trusted", True)),
                       "saved_at": time.time()}
             _write_private_json(self.path(uid), record)
+            self._forget_least_recent()
+
+    def _forget_least_recent(self) -> None:
+        """At most MAX_SETUP_PROJECTS records and SETUP_STORE_MAX_BYTES together: the least recently set up go."""
+        records = []
+        for path in self._directory.glob("project-*.json"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            records.append((stat.st_mtime, stat.st_size, path))
+        total = 0
+        for count, (_, size, path) in enumerate(sorted(records, reverse=True)):
+            total += size
+            if count == 0 or (count < self._max_projects and total <= SETUP_STORE_MAX_BYTES):
+                continue
+            path.unlink(missing_ok=True)
+            logger.warning("forgot the /setup of project %s (MAX_SETUP_PROJECTS=%d, %d bytes together at most): the "
+                           "least recently set up; Label Studio sends it again when the project is opened",
+                           path.stem.removeprefix("project-"), self._max_projects, SETUP_STORE_MAX_BYTES)
 
     def load(self, project: str | None) -> dict:
         """What /setup said for this project uid ("<id>.<timestamp>"); {} when nothing (or a bare id)."""

@@ -146,6 +146,16 @@ class JobBoard:
                 return None
             return _requeue(state)
 
+    def fail_abandoned(self) -> None:
+        """Fail (at ERROR) the active jobs whose process on this host is gone: a trainer dies with the serving
+        worker that started it, and a queued job's waiting thread with its worker."""
+        for found in self.all_states():
+            if found.get("state") in ACTIVE and self._stale(found, None):
+                with self.locked(found["project"]) as state:
+                    if state.get("state") in ACTIVE and self._stale(state, None):
+                        _fail(state, "the training process ended without a result: the serving worker that started it "
+                                     "stopped (killed or restarted) and took it along; the previous model keeps serving")
+
     def note(self, project: int, job_id: str, **details: object) -> None:
         """Add details to the job's state (e.g. its RQ job id), whatever state it is in."""
         with self.locked(project) as state:

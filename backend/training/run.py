@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -29,6 +30,8 @@ from backend.settings import Settings
 from backend.training import dataset as datasets
 from backend.training import trainer
 from backend.training.jobs import JobBoard
+from backend.training.retention import keep_versions
+from backend.training.slots import SLOT_HELD_ENV, TrainingSlots, die_with_parent
 from backend.training.registry import ProjectModels
 from backend.training.tasks import METRICS, base_model_problem, task_controls
 
@@ -61,6 +64,18 @@ def run_jobs(settings: Settings, spec: JobSpec) -> None:
     """Run the job, then the coalesced follow-up jobs triggers asked for meanwhile."""
     board = JobBoard(settings.model_root_path)
     job_id: str | None = spec.job_id
+    slot = None
+    if not os.environ.get(SLOT_HELD_ENV):  # an RQ worker; a local child inherited its launcher's slot
+        slot = TrainingSlots(settings.model_root_path, settings.train_concurrency,
+                             settings.train_queue_length).wait(spec.job_id, spec.project)
+    try:
+        _run_coalesced(settings, spec, board, job_id)
+    finally:
+        if slot is not None:
+            slot.close()
+
+
+def _run_coalesced(settings: Settings, spec: JobSpec, board: JobBoard, job_id: str | None) -> None:
     while job_id is not None:
         job_id = run_job(settings, JobSpec(spec.project, job_id, spec.hostname, spec.token, spec.trusted), board)
 
@@ -147,6 +162,7 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
             "seconds": round(time.monotonic() - started, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = models.publish(version, weights, card, promote)
+    keep_versions(models, settings.train_keep_versions)
     figures = f"val {METRICS[data.task]} new {new.map50_95:.4f} vs served {previous.map50_95:.4f} ({served.name}; {previous.note})"
     details = {"version": version, "map_new": card["map_new"], "map_previous": card["map_previous"]}
     if promote:
@@ -229,6 +245,7 @@ def _remove_old_work(directory: Path, keep: Path) -> None:
 
 
 def main() -> int:
+    die_with_parent()
     spec = JobSpec(**json.loads(sys.stdin.read()))
     settings = Settings.load()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s [training] %(message)s")

@@ -16,11 +16,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from backend.sources.label_studio import Credentials, webhook_project_uid
 from backend.settings import Settings
 from backend.training.counter import AnnotationCounter
 from backend.training.jobs import JobBoard
+from backend.training.slots import PARENT_ENV, SLOT_HELD_ENV, TrainingSlots
 from backend.training.registry import ProjectModels, adopt_legacy
 from backend.training.run import JobSpec
 
@@ -44,6 +46,7 @@ class TrainingService:
         self.settings = settings
         self.board = JobBoard(settings.model_root_path)
         self.counter = AnnotationCounter(settings.model_root_path)
+        self.slots = TrainingSlots(settings.model_root_path, settings.train_concurrency, settings.train_queue_length)
 
     # ------------------------------------------------------------ webhooks
 
@@ -66,6 +69,9 @@ class TrainingService:
             return WebhookAnswer(200, {"status": "ignored: unknown project", "action": action, "project": project})
         if action == "START_TRAINING":
             result = self.trigger(project, "START_TRAINING webhook", credentials)
+            if result == "refused":
+                return WebhookAnswer(503, {"error": self.board.state(project)["message"], "action": action,
+                                           "project": project})
             return WebhookAnswer(201, {"status": result, "action": action, "project": project,
                                        "job": self.board.state(project)})
         count = self.counter.add(project)
@@ -87,6 +93,13 @@ class TrainingService:
         """Queue a job for the project uid (or fold the trigger into the active one); returns what happened."""
         result = self.board.request(project, reason, self._queue_job_gone if self.settings.train_queue else None)
         state = self.board.state(project)
+        if result == "queued" and not self.settings.train_queue and not self.slots.enqueue(state["job_id"], project):
+            message = (f"refused: {self.settings.train_queue_length} training jobs already wait for a free slot "
+                       f"(TRAIN_CONCURRENCY={self.settings.train_concurrency}, TRAIN_QUEUE_LENGTH="
+                       f"{self.settings.train_queue_length}); start the training again later")
+            self.board.finish(project, state["job_id"], "refused", message)
+            logger.warning("training project %s %s", project, message)
+            return "refused"
         if result == "queued":
             spec = JobSpec(project, state["job_id"], credentials.hostname if credentials else "",
                            credentials.token if credentials else "", credentials.trusted if credentials else True)
@@ -116,11 +129,23 @@ class TrainingService:
     def _run_child(self, spec: JobSpec) -> None:
         """The job in its own process; when the process dies without recording an end, the job fails
         with the reason, and a trigger that came in meanwhile starts the job again."""
-        env = {**os.environ, **self.settings.as_environ()}
+        slot = self.slots.wait(spec.job_id, spec.project, give_up=lambda: not self._still_queued(spec))
+        if slot is None:
+            return
+        # the child inherits the slot's lock and dies with this thread (backend/training/slots.py)
+        env = {**os.environ, **self.settings.as_environ(), SLOT_HELD_ENV: "1", PARENT_ENV: str(os.getpid())}
+        with slot:
+            self._run_children(spec, env, slot)
+
+    def _still_queued(self, spec: JobSpec) -> bool:
+        state = self.board.state(spec.project)
+        return state.get("job_id") == spec.job_id and state.get("state") == "queued"
+
+    def _run_children(self, spec: JobSpec, env: dict, slot: IO) -> None:
         while True:
             try:
                 process = subprocess.Popen([sys.executable, "-m", "backend.training.run"], stdin=subprocess.PIPE,
-                                           env=env, cwd=Path(__file__).resolve().parents[2])
+                                           env=env, cwd=Path(__file__).resolve().parents[2], pass_fds=(slot.fileno(),))
                 process.communicate(spec.to_json().encode())
                 code = process.returncode
                 how = f"was killed by signal {-code} ({_signal_name(-code)})" if code < 0 else f"exited with code {code}"
@@ -137,6 +162,7 @@ class TrainingService:
 
     def status(self) -> list[dict]:
         """Job state and promoted version of every project that has trained."""
+        self.board.fail_abandoned()
         projects = []
         for state in self.board.all_states():
             project = str(state["project"])
