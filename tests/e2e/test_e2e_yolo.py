@@ -82,15 +82,6 @@ def test_label_studio_refuses_a_url_without_a_backend(label_studio: LabelStudio,
     assert "health check failed" in answer.text
 
 
-def test_setup_carries_the_project_creators_legacy_token(label_studio: LabelStudio, yolo_backend: Backend,
-                                                         shapes_project: Project) -> None:
-    record = yolo_backend.setup_record(shapes_project.id)
-    assert record["hostname"] == label_studio.setup_hostname
-    # Not a personal access token (a JWT): the user's legacy token, even though 1.23 turns legacy tokens off.
-    assert record["access_token"] == LS_LEGACY_TOKEN
-    assert record["label_config"] == shapes_project.label_config
-
-
 # ---------------------------------------------------------------- what Label Studio stored
 
 
@@ -155,12 +146,17 @@ def test_masks_match_the_backends_own_yolo(label_studio: LabelStudio, shapes_pro
 
 def test_a_refused_setup_token_is_an_error_with_the_fix(label_studio: LabelStudio, start_backend: StartBackend,
                                                         make_project: MakeProject) -> None:
-    """Label Studio 1.23 sends the user's legacy token in /setup but refuses it while legacy tokens are off (a new
-    organization's default). A backend given nothing else says so at /setup, in an ERROR line with the fix and in
-    /health; its downloads fail with the same hint, and the task gets no regions."""
+    """Label Studio 1.23 sends the user's legacy token in /setup (kept with its hostname) but refuses it while legacy
+    tokens are off (a new organization's default). A backend given nothing else says so at /setup, in an ERROR line
+    with the fix and in /health; its downloads fail with the same hint, and the task gets no regions."""
     assert not label_studio.client.legacy_tokens_enabled()
     backend = start_backend(personal_access_token=False)
     project = make_project(backend, "e2e legacy tokens off", seeds=(5004,))
+    record = backend.setup_record(project.id)
+    assert record["hostname"] == label_studio.setup_hostname
+    # Not a personal access token (a JWT): the user's legacy token, even though 1.23 turns legacy tokens off.
+    assert record["access_token"] == LS_LEGACY_TOKEN
+    assert record["label_config"] == project.label_config
     (task_id,) = project.task_seeds
     assert all(prediction["result"] == [] for prediction in label_studio.client.predictions(task_id))
     log = backend.server.log_text()
