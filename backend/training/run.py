@@ -36,11 +36,11 @@ from backend.training.registry import ProjectModels
 from backend.training.tasks import METRICS, base_model_problem, task_controls
 
 logger = logging.getLogger("backend.training")
+RUN_FILE_SUFFIXES = (".png", ".jpg", ".csv")
+RUN_FILE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-RUN_FILE_SUFFIXES = (".png", ".jpg", ".csv")
-RUN_FILE_BYTES = 4 * 1024 * 1024
 class JobSpec:
     project: str  # Label Studio's project uid, "<id>.<timestamp>"
     job_id: str
@@ -150,17 +150,26 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
                         work, options)
     previous = trainer.score(served, data.yaml_path, data.task, label_of, work, options)
     promote = new.map50_95 >= previous.map50_95
+    weights = split.weights
+    if promote and settings.train_final_on_all:  # the val split judged the schedule; now learn from every picture
+        # The same schedule, not fewer epochs: Ultralytics warms the learning rate up over at least 100 batches, so
+        # on a few dozen pictures a shorter run ends before it learned (measured: bench/bench_train_quality.py).
+        final = trainer.fine_tune(served, trainer.all_pictures(data_path, data.task, work / "all"), work, options,
+                                  _epoch_reporter(board, spec, "training on all pictures", options.epochs),
+                                  data.task, label_of, validate=False, name="final")
+        weights = final.weights
     version = models.next_version()
     card = {"version": version, "project": spec.project, "project_title": project.title, "status":
             "promoted" if promote else "rejected", "task": data.task, "base_model": served.name,
             "classes": list(data.classes), "images": data.images, "annotations": data.annotations,
-            "images_failed": data.images_failed, "epochs": epochs, "epochs_tried": options.epochs,
+            "images_failed": data.images_failed, "epochs": options.epochs, "best_epoch": split.best_epoch,
             "trained_on": "all pictures" if weights != split.weights else "train split", "imgsz": options.imgsz,
             "device": device, "map_new": round(new.map50_95, 4), "map_previous": round(previous.map50_95, 4),
             "map_previous_note": previous.note, "metric": METRICS[data.task], "per_class_new": new.per_class,
             "per_class_previous": previous.per_class, "history": split.history,
             "seconds": round(time.monotonic() - started, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    keep_run_files(split.run_dir, models.run_dir(version))
     path = models.publish(version, weights, card, promote)
     keep_versions(models, settings.train_keep_versions)
     figures = f"val {METRICS[data.task]} new {new.map50_95:.4f} vs served {previous.map50_95:.4f} ({served.name}; {previous.note})"
@@ -169,30 +178,7 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
         return "promoted", f"{path.stem} serves project {spec.project}: {figures}", details
     return "rejected", f"{path.stem} kept as a rejected candidate, not served: {figures}", details
 
-    weights, epochs = split.weights, split.best_epoch
-    if promote and settings.train_final_on_all:  # the val split chose the epochs; now learn from every picture
-        final = trainer.fine_tune(served, trainer.all_pictures(data_path, data.task, work / "all"), work, options,
-                                  _epoch_reporter(board, spec, "training on all pictures", max(1, split.best_epoch)),
-                                  data.task, label_of, epochs=max(1, split.best_epoch), validate=False, name="final")
-        weights = final.weights
 
-def served_weights(settings: Settings, config: LabelConfig, project: int, task: str) -> Path:
-    """The weights the project's trainable controls of the trained kind use today (the promoted model, else
-    the control's model_path, else YOLO_SEG_MODEL / YOLO_DET_MODEL): the starting point and the baseline."""
-    from backend.models.cache import resolve_model_path
-    from backend.training.model_choice import model_choice
-
-    controls = task_controls(config, task)
-    keep_run_files(split.run_dir, models.run_dir(version))
-    control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])
-    choice = model_choice(control, settings, project)
-    return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting, choice.trained)
-
-
-def _model_task(weights: Path) -> str:
-    from ultralytics import YOLO
-
-    return str(YOLO(str(weights)).task)
 def _epoch_reporter(board: JobBoard, spec: JobSpec, phase: str, epochs: int):  # noqa: ANN202
     """Logs each epoch and puts it on the job board: epoch of N, when the phase began, its figures so far."""
     history: list[dict] = []
@@ -217,6 +203,22 @@ def keep_run_files(run_dir: Path, into: Path) -> None:
             shutil.copyfile(entry, into / entry.name)
 
 
+def served_weights(settings: Settings, config: LabelConfig, project: int, task: str) -> Path:
+    """The weights the project's trainable controls of the trained kind use today (the promoted model, else
+    the control's model_path, else YOLO_SEG_MODEL / YOLO_DET_MODEL): the starting point and the baseline."""
+    from backend.models.cache import resolve_model_path
+    from backend.training.model_choice import model_choice
+
+    controls = task_controls(config, task)
+    control = next((c for c in controls if c.wants_masks == (task == "segment")), controls[0])
+    choice = model_choice(control, settings, project)
+    return resolve_model_path(settings.model_root_path, choice.path_value, choice.setting, choice.trained)
+
+
+def _model_task(weights: Path) -> str:
+    from ultralytics import YOLO
+
+    return str(YOLO(str(weights)).task)
 
 
 def _label_mapper(config: LabelConfig, task: str, classes: tuple[str, ...]):  # noqa: ANN202
