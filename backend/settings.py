@@ -99,13 +99,13 @@ class Settings:
     train_epochs: int = _setting(50, "Epochs per training job (on CPU: 5-20 with a small TRAIN_IMGSZ).")
     train_imgsz: int = _setting(640, "Training and validation image size (on CPU: 160-320).")
     train_batch: int = _setting(16, "Training batch size (on CPU: 4-8).")
+    train_final_on_all: bool = _setting(True, "When the new model is promoted (judged on the val split), train the served model again on every annotated picture with the same epochs (better on small projects; twice the training time).")
     train_threads: int = _setting(0, "CPU threads of the training process; 0: half the CPU cores. It also runs at a lower priority (nice).")
     train_concurrency: int = _setting(1, "Training processes at once per MODEL_ROOT, whichever worker or host got the trigger (file locks in MODEL_ROOT/.training); other jobs wait their turn.")
     train_queue_length: int = _setting(20, "Training jobs that may wait for a free TRAIN_CONCURRENCY slot (first come, first served); a trigger beyond is refused with a message (webhook answer 503).")
     train_keep_versions: int = _setting(5, "Trained model files kept per project: beyond, the oldest go (rejected candidates first; the served version always stays; cards stay).")
     train_queue: str = _setting("", "`redis://host:6379/0`: training jobs go to this RQ queue for `rq worker ls-yolo-train` (sharing MODEL_ROOT); empty: a local process.")
 
-    train_final_on_all: bool = _setting(True, "After the val split has chosen the epochs and the new model is promoted, train the served model again on every annotated picture for that many epochs (better on small projects; up to twice the time).")
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         """Environment first, then `--with` overrides; raises SettingsError on unknown keys or bad values."""

@@ -157,7 +157,7 @@ def _curves_for(services: Any, project: str) -> bytes | None:
     for version in reversed(models.versions()):
         card = models.card(version) or {}
         if card.get("history"):
-            return curves_png(card["history"], card.get("metric", "mAP50-95"), int(card.get("epochs_tried") or 0))
+            return curves_png(card["history"], card.get("metric", "mAP50-95"), int(card.get("epochs") or 0))
     return None
 
 
