@@ -50,7 +50,7 @@ def tiny_settings(root: Path, cache: Path, images: Path, **overrides: object) ->
     return Settings.load(values, environ={})
 
 
-def wait_finished(board: JobBoard, project: int, timeout_s: float = 300) -> dict:
+def wait_finished(board: JobBoard, project: str, timeout_s: float = 900) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = board.state(project)
@@ -102,7 +102,25 @@ def test_job_promotes_a_model_that_serves_the_new_labels_of_its_project_only(tra
     other = predict(trained.client, "13.1700000000", HELD_OUT_SEEDS)  # the start-up model knows none of the labels
     assert all(r["result"] == [] and not r["model_version"].startswith("p12") for r in other["results"])
     assert trained.client.get("/health").json()["training"][0]["promoted_version"] == "p12-v1"
+    # the val split chose the epochs, the served model learned from every picture; the page's figures are kept
+    assert card["trained_on"] == "all pictures" and 1 <= card["best_epoch"] <= card["epochs"] == 3
+    assert [row["epoch"] for row in card["history"]] == [1, 2, 3] and all("map" in row for row in card["history"])
+    assert set(card["per_class_new"]) <= set(RENAMED) and card["per_class_previous"] == dict.fromkeys(card["per_class_new"], 0.0)
+    run_files = {p.name for p in ProjectModels(trained.root, "12.1700000000").run_dir(1).iterdir()}
+    assert {"results.csv", "confusion_matrix.png", "val_batch0_pred.jpg", "val_batch0_labels.jpg"} <= run_files
     assert not [p for p in ProjectModels(trained.root, "12.1700000000").directory.iterdir() if p.name.startswith((".work", ".tmp"))]
+
+
+def test_a_trained_model_predicts_at_the_size_it_was_trained_at_whatever_yolo_imgsz_says(trained: Trained) -> None:
+    from backend.training.model_choice import model_choice
+    from formats.label_config import parse_label_config
+
+    settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, yolo_imgsz=320)
+    services = build_services(settings)
+    (control,) = parse_label_config(TRAINING_CONFIG).prediction_controls
+    project_model, configured = model_choice(control, settings, "12.1700000000"), model_choice(control, settings, "13.1700000000")
+    assert project_model.trained and services.yolo.get(project_model).imgsz is None  # Ultralytics: the trained size
+    assert not configured.trained and services.yolo.get(configured).imgsz == 320
 
 
 def test_a_restarted_backend_serves_the_promoted_version(trained: Trained) -> None:
@@ -120,7 +138,7 @@ def test_a_worse_model_is_kept_as_a_rejected_candidate(trained: Trained, monkeyp
     worse = trained.root / "worse.pt"  # a model that cannot output the project's labels
     shutil.copyfile(trained.root / DEMO_SEG, worse)
     monkeypatch.setattr(trainer, "limit_resources", lambda threads: 1)
-    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: worse)
+    monkeypatch.setattr(trainer, "fine_tune", lambda *args, **kwargs: trainer.Trained(worse, 2, [], trained.root / "none"))
     board = JobBoard(trained.root)
     assert board.request("12.1700000000", "test") == "queued"
     run_job(trained.settings, JobSpec("12.1700000000", board.state("12.1700000000")["job_id"], trained.ls.url, TOKEN), board)
@@ -130,6 +148,36 @@ def test_a_worse_model_is_kept_as_a_rejected_candidate(trained: Trained, monkeyp
     assert models.card(2)["status"] == "rejected" and models.promoted().version == 1
     version = predict(trained.client, "12.1700000000", range(7000, 7001))["results"][0]["model_version"]
     assert version.startswith("p12-v1@")
+
+
+@pytest.mark.parametrize("final_on_all", [True, False])
+def test_the_final_model_learns_from_every_picture_with_the_val_split_runs_schedule(
+        trained: Trained, monkeypatch: pytest.MonkeyPatch, final_on_all: bool) -> None:
+    calls = []
+
+    def fine_tune(base, data, work, options, on_epoch, task, label_of, epochs=None, validate=True, name="run"):  # noqa: ANN001, ANN202
+        calls.append((data.read_text() if data.suffix == ".yaml" else "", epochs, validate))  # the work folder goes
+        on_epoch(1, epochs or options.epochs, {"epoch": 1, "loss": 1.0})
+        weights = work / f"{name}.pt"
+        shutil.copyfile(trained.root / DEMO_SEG, weights)  # scores 0 like the served model: promoted
+        return trainer.Trained(weights, 2, [{"epoch": 1, "loss": 1.0}], work / name)
+
+    monkeypatch.setattr(trainer, "limit_resources", lambda threads: 1)
+    monkeypatch.setattr(trainer, "fine_tune", fine_tune)
+    settings = tiny_settings(trained.root, Path(trained.settings.cache_dir), trained.images, train_final_on_all=final_on_all)
+    board, project = JobBoard(trained.root), "15.1700000000" if final_on_all else "16.1700000000"
+    assert board.request(project, "test") == "queued"
+    run_job(settings, JobSpec(project, board.state(project)["job_id"], trained.ls.url, TOKEN), board)
+    card = ProjectModels(trained.root, project).card(1)
+    assert board.state(project)["state"] == "promoted" and card["best_epoch"] == 2 and card["epochs"] == 3
+    assert [(epochs, validate) for _, epochs, validate in calls] == ([(None, True), (None, False)] if final_on_all else
+                                                                     [(None, True)])
+    assert card["trained_on"] == ("all pictures" if final_on_all else "train split")
+    if final_on_all:
+        import yaml
+
+        record = yaml.safe_load(calls[1][0])
+        assert record["train"] == ["images/train", "images/val"] and record["val"] == "images/val"
 
 
 @pytest.mark.parametrize("fault, expected", [
