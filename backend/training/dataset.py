@@ -78,8 +78,6 @@ def read_project(credentials: Credentials | None, uid: str, into: Path, timeout:
                 handle.write(chunk)
     except DatasetError:
         raise
-    except DatasetError:
-        raise
     except Exception as exc:  # the SDK raises ApiError, httpx and its own token errors
         raise DatasetError(describe_api_error(exc, credentials.hostname, project)) from None
     return ProjectData(str(details.title or ""), str(details.label_config or ""), export_path)
