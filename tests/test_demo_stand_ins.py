@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.models.cache import ModelPathError
+from backend.models.cache import ModelCache, ModelPathError
+from backend.prediction.demo_stand_ins import DemoFallbackYoloModels
 from backend.serving.app import build_services, create_app
 from backend.serving.cli import check_models
 from backend.settings import Settings
@@ -121,3 +122,11 @@ def test_a_default_model_that_is_there_but_broken_is_an_error(tmp_path: Path) ->
     services = build_services(settings_for(root, tmp_path))
     with pytest.raises(ModelPathError, match="YOLO_DET_MODEL"):
         services.yolo.get(ModelChoice("yolov8n.pt", "YOLO_DET_MODEL"))
+
+
+def test_a_path_asked_before_any_load_names_the_model_that_will_answer(tmp_path: Path, offline: list[str]) -> None:
+    """A model version can be computed before the first load: it must name the demo model, not the default."""
+    root = model_root(tmp_path)
+    models = DemoFallbackYoloModels(settings_for(root, tmp_path), ModelCache(), "cpu")
+    assert models.path(ModelChoice("yolov8n-seg.pt", "YOLO_SEG_MODEL")) == root / "demo-shapes-seg.pt"
+    assert offline == ["yolov8n-seg.pt"]

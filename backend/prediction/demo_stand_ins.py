@@ -63,9 +63,25 @@ class DemoFallbackYoloModels(YoloModels):
     def __init__(self, settings: Settings, cache: ModelCache, device: str) -> None:
         super().__init__(settings, cache, device)
         self._stand_ins: dict[ModelChoice, ModelChoice] = {}  # decided once per process: no download retries
+        self._loading: set[ModelChoice] = set()  # choices path() is loading (get() asks path() too)
 
     def path(self, choice: ModelChoice) -> Path:
+        if choice not in self._stand_ins and choice not in self._loading and self._may_stand_in(choice):
+            # Whether the default can be downloaded is only known by loading it; without this a model version
+            # computed before the first load would name the default while the demo model answers.
+            self._loading.add(choice)
+            try:
+                self.get(choice)
+            except ModelPathError:
+                pass  # neither the default nor a stand-in: the path below is the default's, as without a fallback
+            finally:
+                self._loading.discard(choice)
         return super().path(self._stand_ins.get(choice, choice))
+
+    def _may_stand_in(self, choice: ModelChoice) -> bool:
+        root = self._settings.model_root_path
+        return (choice.setting in DEMO_MODELS and choice.path_value == DEFAULTS[choice.setting]
+                and not model_exists(root / choice.path_value) and model_exists(root / DEMO_MODELS[choice.setting]))
 
     def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
         choice = self._stand_ins.get(choice, choice)
