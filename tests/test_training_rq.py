@@ -93,14 +93,14 @@ def test_a_queued_job_lives_as_long_as_its_rq_job(redis_url: str, tmp_path: Path
     from rq.job import Job
 
     service = TrainingService(queue_settings(tmp_path, redis_url))
-    assert service.trigger(23, "test", None) == "queued"
-    state = service.board.state(23)
+    assert service.trigger("23.1", "test", None) == "queued"
+    state = service.board.state("23.1")
     assert state["rq_job"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    with service.board.locked(23) as locked:  # the serving worker that queued it restarted: the job still waits in redis
+    with service.board.locked("23.1") as locked:  # the serving worker that queued it restarted: the job still waits in redis
         locked["launcher"]["pid"] = dead.pid
-    assert service.trigger(23, "test", None) == "coalesced"
+    assert service.trigger("23.1", "test", None) == "coalesced"
     Job.fetch(state["rq_job"], connection=Redis.from_url(redis_url)).delete()  # as when its worker died and it expired
-    assert service.trigger(23, "test", None) == "queued"
-    assert service.board.state(23)["rq_job"] != state["rq_job"]
+    assert service.trigger("23.1", "test", None) == "queued"
+    assert service.board.state("23.1")["rq_job"] != state["rq_job"]
