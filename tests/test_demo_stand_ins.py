@@ -130,3 +130,30 @@ def test_a_path_asked_before_any_load_names_the_model_that_will_answer(tmp_path:
     models = DemoFallbackYoloModels(settings_for(root, tmp_path), ModelCache(), "cpu")
     assert models.path(ModelChoice("yolov8n-seg.pt", "YOLO_SEG_MODEL")) == root / "demo-shapes-seg.pt"
     assert offline == ["yolov8n-seg.pt"]
+
+
+def test_a_path_asked_while_another_thread_loads_waits_for_its_answer(tmp_path: Path, offline: list[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start-up thread loads the defaults while a first /predict computes its model version: the version
+    must wait for that load's answer (the race CI once met: 'yolov8n,demo-shapes-seg@...')."""
+    import threading
+    import time
+
+    import ultralytics.utils.downloads
+
+    slow_offline = ultralytics.utils.downloads.safe_download
+
+    def slow(url: str, file: str | Path | None = None, **kwargs: object) -> None:
+        time.sleep(0.5)
+        slow_offline(url, file, **kwargs)
+
+    monkeypatch.setattr(ultralytics.utils.downloads, "safe_download", slow)
+    root = model_root(tmp_path)
+    models = DemoFallbackYoloModels(settings_for(root, tmp_path), ModelCache(), "cpu")
+    choice = ModelChoice("yolov8n.pt", "YOLO_DET_MODEL")
+    loader = threading.Thread(target=models.get, args=(choice,))
+    loader.start()
+    time.sleep(0.1)  # the loader is inside its download attempt
+    assert models.path(choice) == root / "demo-shapes-det.pt"
+    loader.join()
+    assert offline == ["yolov8n.pt"]

@@ -62,34 +62,40 @@ class DemoFallbackYoloModels(YoloModels):
 
     def __init__(self, settings: Settings, cache: ModelCache, device: str) -> None:
         super().__init__(settings, cache, device)
-        self._stand_ins: dict[ModelChoice, ModelChoice] = {}  # decided once per process: no download retries
-        self._loading: set[ModelChoice] = set()  # choices path() is loading (get() asks path() too)
+        # decided once per process, no download retries: the demo model, or the default itself when it loaded
+        self._served_for: dict[ModelChoice, ModelChoice] = {}
+        # Other threads wait here for the decision; the deciding thread's own load passes through (`_trying`).
+        self._deciding = threading.RLock()
+        self._trying: set[ModelChoice] = set()
 
     def path(self, choice: ModelChoice) -> Path:
-        if choice not in self._stand_ins and choice not in self._loading and self._may_stand_in(choice):
-            # Whether the default can be downloaded is only known by loading it; without this a model version
-            # computed before the first load would name the default while the demo model answers.
-            self._loading.add(choice)
+        return super().path(self._served(choice))
+
+    def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
+        return super().get(self._served(choice))
+
+    def _served(self, choice: ModelChoice) -> ModelChoice:
+        """`choice`, or the demo model that stands in for it. Whether a default can be downloaded is only known
+        by loading it, so the first path() or get() of a default loads it: a model version computed before the
+        first load then names the demo model that answers, not the default."""
+        if choice in self._served_for or not self._may_stand_in(choice):
+            return self._served_for.get(choice, choice)
+        with self._deciding:
+            if choice in self._served_for or choice in self._trying:
+                return self._served_for.get(choice, choice)
+            self._trying.add(choice)
             try:
-                self.get(choice)
-            except ModelPathError:
-                pass  # neither the default nor a stand-in: the path below is the default's, as without a fallback
+                super().get(choice)
+                self._served_for[choice] = choice
+            except ModelPathError as exc:
+                stand_in = demo_stand_in(choice, self._settings, exc)
+                if stand_in is not None:
+                    self._served_for[choice] = stand_in
             finally:
-                self._loading.discard(choice)
-        return super().path(self._stand_ins.get(choice, choice))
+                self._trying.discard(choice)
+        return self._served_for.get(choice, choice)
 
     def _may_stand_in(self, choice: ModelChoice) -> bool:
         root = self._settings.model_root_path
         return (choice.setting in DEMO_MODELS and choice.path_value == DEFAULTS[choice.setting]
                 and not model_exists(root / choice.path_value) and model_exists(root / DEMO_MODELS[choice.setting]))
-
-    def get(self, choice: ModelChoice) -> YoloModel | TaskYoloModel:
-        choice = self._stand_ins.get(choice, choice)
-        try:
-            return super().get(choice)
-        except ModelPathError as exc:
-            stand_in = demo_stand_in(choice, self._settings, exc)
-            if stand_in is None:
-                raise
-            self._stand_ins[choice] = stand_in
-            return super().get(stand_in)
