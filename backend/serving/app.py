@@ -119,6 +119,9 @@ def _optional_str(payload: dict, key: str) -> str | None:
 # ---------------------------------------------------------------- the app
 
 
+LOADER_JOIN_SECONDS = 30
+
+
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -127,9 +130,12 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # Built on a first request instead, loading SAM would block this worker's event loop, and with it
         # every other request (Label Studio's health check too), for as long as a large checkpoint takes.
         services = await anyio.to_thread.run_sync(get_services)
-        services.start_loading_default_models()
+        loader = services.start_loading_default_models()
         logger.log(logging.WARNING if access.mode == "open" else logging.INFO, "%s", access.describe())
         yield
+        # A process that exits while torch loads a model in a daemon thread aborts ("terminate called without an
+        # active exception"): a worker stopped right after it started waits for the load, for a bounded time.
+        await anyio.to_thread.run_sync(loader.join, LOADER_JOIN_SECONDS)
 
     app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan)
