@@ -58,7 +58,7 @@ async function poll() {
     box.querySelector('.progress-text').textContent = text;
     box.querySelector('.fill').style.width = (job.epochs ? 100 * job.epoch / job.epochs : 0) + '%';
     const key = job.phase + ' ' + job.epoch, curves = document.getElementById('curves-' + id);
-    if (curves && curves.dataset.key !== key) {
+    if (curves && job.epoch > 0 && curves.dataset.key !== key) {
       curves.dataset.key = key;
       curves.src = '/status/curves/' + job.project + '.png?e=' + encodeURIComponent(key);
     }

@@ -78,11 +78,12 @@ def _project(project: dict) -> str:
     served = f"serves <b>{_e(project['served'])}</b>" if project["served"] else "serves the configured models"
     versions = project["versions"]
     newest = versions[0] if versions else None
-    key = f"{job['phase']} {job['epoch']}"  # the script redraws the curves when it changes
+    # The script redraws the curves when the key changes; a job before its first epoch has none to draw yet.
+    drawn = any(v.get("history") for v in versions) or (job["state"] == "running" and job["epoch"] > 0)
+    key = f"{job['phase']} {job['epoch']}" if drawn else ""
+    source = f" src='/status/curves/{_e(uid)}.png?e={_e(key)}'" if drawn else ""
     curves = (f"<img class=curves id=curves-{number} alt='training curves' data-key='{_e(key)}' "
-              "onload=\"this.classList.add('shown')\" "
-              f"src='/status/curves/{_e(uid)}.png?e={_e(key)}'>" if (job["state"] == "running" or
-                                                                   any(v.get("history") for v in versions)) else "")
+              f"onload=\"this.classList.add('shown')\"{source}>" if drawn or job["state"] == "running" else "")
     return (f"<section class=card id=project-{number} data-state='{_e(job['state'])}'>"
             f"<h2>Project {_e(uid.partition('.')[0])}{title} <span class=muted>({_e(uid)})</span></h2>"
             f"<p>{served}</p>{_job(job)}{curves}"
