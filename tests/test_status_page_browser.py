@@ -8,7 +8,10 @@ SCREENSHOT_DIR=docs/images saves the page while training and after it (docs/stat
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import shutil
 import socket
 import tempfile
@@ -37,7 +40,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-
                   "--window-size=1180,1600")
 PROJECT = "21.1700000000"  # the stand-in's project 21 (tests/training_stand_in.py CREATED_AT)
 DOM = "21-1700000000"  # the same in element ids
-TINY = {"train_epochs": 4, "train_imgsz": 64, "train_batch": 8, "train_min_images": 10, "device": "cpu",
+TINY = {"train_epochs": 6, "train_imgsz": 64, "train_batch": 8, "train_min_images": 10, "device": "cpu",
         "model_score_threshold": 0.01}
 
 
@@ -113,7 +116,7 @@ def screenshot(driver: object, name: str) -> None:
         driver.save_screenshot(str(Path(target) / name))
 
 
-def wait_for(condition, timeout_s: float, what: str):  # noqa: ANN001, ANN201 - any callable, any value
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.25):  # noqa: ANN001, ANN201 - any callable
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -121,14 +124,35 @@ def wait_for(condition, timeout_s: float, what: str):  # noqa: ANN001, ANN201 - 
                 return value
         except Exception:  # noqa: BLE001 - the page reloads under us: stale elements, not yet there
             pass
-        time.sleep(0.25)
+        time.sleep(interval_s)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_page_follows_a_training_job_and_rolls_back(backend: str, browser: object) -> None:
+@contextlib.contextmanager
+def paused_at_epoch(job_file: Path, epoch: int) -> Iterator[int]:
+    """Stops the trainer (its pid on the job board) once its val-split run reports `epoch` or a later one that
+    is not the last, yields that epoch, and lets the trainer go on."""
+    def running_epoch() -> tuple[int, int] | None:
+        state = json.loads(job_file.read_text())
+        if state.get("phase") == "training" and epoch <= int(state.get("epoch") or 0) < int(state["epochs"]):
+            return int(state["runner"]["pid"]), int(state["epoch"])
+        return None
+
+    pid, _ = wait_for(running_epoch, 600, f"the trainer at epoch {epoch}", interval_s=0.02)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped = running_epoch()  # the board may have moved on between the look and the stop
+        assert stopped, f"the trainer passed its last epoch before it could be paused: {job_file.read_text()}"
+        yield stopped[1]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_the_page_follows_a_training_job_and_rolls_back(backend: str, browser: object, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     url = backend
+    job_file = tmp_path / "models" / "projects" / PROJECT / "job.json"
     assert predicted_version(url).startswith(f"p21-v1@")
     browser.get(url + "/")
     assert "How it runs" in browser.page_source and "protected" in browser.page_source
@@ -143,13 +167,18 @@ def test_the_page_follows_a_training_job_and_rolls_back(backend: str, browser: o
         return float(browser.execute_script(
             f"return document.querySelector('#job-{DOM} .fill').getBoundingClientRect().width"))
 
-    # The page reloads itself when the job starts, then moves the bar and the text without reloading.
-    first = wait_for(lambda: bar_width() if "epoch 1 of" in job_text() else None, 600, "the first epoch on the page")
-    assert "elapsed" in job_text()
-    wait_for(lambda: browser.execute_script(f"return document.getElementById('curves-{DOM}').naturalWidth"), 60,
-             "the live curves")
-    screenshot(browser, "status-page-training.png")
-    wait_for(lambda: bar_width() > first, 600, "the progress bar to move")
+    # The page reloads itself when the job starts, then moves the bar and the text without reloading. A tiny job's
+    # epochs are shorter than the page's 2 s poll, so the trainer is paused (SIGSTOP) at an epoch until the page
+    # has shown it: the test sees each step however fast or slow the machine is.
+    with paused_at_epoch(job_file, 1) as epoch:
+        first = wait_for(lambda: bar_width() if f"epoch {epoch} of" in job_text() else None, 120,
+                         f"epoch {epoch} on the page")
+        assert "elapsed" in job_text()
+        wait_for(lambda: browser.execute_script(f"return document.getElementById('curves-{DOM}').naturalWidth"), 60,
+                 "the live curves")
+        screenshot(browser, "status-page-training.png")
+    with paused_at_epoch(job_file, epoch + 1) as later:
+        wait_for(lambda: f"epoch {later} of" in job_text() and bar_width() > first, 120, "the progress bar to move")
 
     # The job ends: the page shows the new version served, its per-class figures, the curves and Ultralytics' plots.
     wait_for(lambda: browser.find_elements(By.ID, f"per-class-{DOM}"), 900, "the per-class table")
