@@ -165,12 +165,16 @@ def test_only_train_keep_versions_model_files_are_kept(tmp_path: Path) -> None:
     for version, status in enumerate(statuses, 1):
         models.publish(version, MODELS_DIR / DEMO_SEG, {"version": version, "status": status, "task": "segment"},
                        status == "promoted")
+        models.run_dir(version).mkdir(parents=True)
+        (models.run_dir(version) / "results.png").write_bytes(b"plot")
     models.promote(3)  # a rollback: version 3 is served, 6 is newer
     assert keep_versions(models, 3) == [2, 4, 5, 7]  # rejected candidates first, oldest first
     assert [v for v in models.versions() if models.model_path(v).is_file()] == [1, 3, 6]
+    assert [v for v in models.versions() if models.run_dir(v).is_dir()] == [1, 3, 6]  # the plots go with the model
     assert models.versions() == list(range(1, 8)) and models.next_version() == 8  # the cards stay
     assert keep_versions(models, 1) == [1, 6] and models.promoted().version == 3  # the served one always stays
     assert [v for v in models.versions() if models.model_path(v).is_file()] == [3]
+    assert [v for v in models.versions() if models.run_dir(v).is_dir()] == [3]
 
 
 # ---------------------------------------------------------------- /setup: sizes and the stored projects
