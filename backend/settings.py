@@ -103,7 +103,7 @@ class Settings:
     train_threads: int = _setting(0, "CPU threads of the training process; 0: half the CPU cores. It also runs at a lower priority (nice).")
     train_concurrency: int = _setting(1, "Training processes at once per MODEL_ROOT, whichever worker or host got the trigger (file locks in MODEL_ROOT/.training); other jobs wait their turn.")
     train_queue_length: int = _setting(20, "Training jobs that may wait for a free TRAIN_CONCURRENCY slot (first come, first served); a trigger beyond is refused with a message (webhook answer 503).")
-    train_keep_versions: int = _setting(5, "Trained model files kept per project: beyond, the oldest go (rejected candidates first; the served version always stays; cards stay).")
+    train_keep_versions: int = _setting(5, "Trained model files kept per project: beyond, the oldest go with their run folders (rejected candidates first; the served version always stays; cards stay).")
     train_queue: str = _setting("", "`redis://host:6379/0`: training jobs go to this RQ queue for `rq worker ls-yolo-train` (sharing MODEL_ROOT); empty: a local process.")
 
     @classmethod
