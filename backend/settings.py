@@ -73,6 +73,7 @@ class Settings:
     label_studio_api_key_file: str = _setting("", "File holding LABEL_STUDIO_API_KEY (a Docker secret); set one or the other.")
     local_files_document_root: str = _setting("", "Root for `/data/local-files/?d=...` images; files outside it are refused. Empty downloads them from Label Studio.")
     cache_dir: str = _setting("~/.cache/ls-yolo-sam", "Downloaded images and the state /setup shares between workers.")
+    image_cache_max_gb: float = _setting(10.0, "Size limit of CACHE_DIR/images (downloaded images and videos) in GB (10^9 bytes); the least recently used go first. 0: no limit.")
     download_timeout: float = _setting(30.0, "Seconds an image download may take in all (not per read); PREDICT_TIME_LIMIT also ends it.")
     fetch_workers: int = _setting(8, "Images fetched concurrently in a multi-task /predict.")
     max_image_pixels: int = _setting(100_000_000, "Images with more pixels are refused (decompression bombs).")
@@ -143,8 +144,9 @@ class Settings:
             raise SettingsError("SAM2_TRACK_FRAMES must be at least 1 and SAM2_VIDEO_CACHE_FRAMES not negative")
         if self.sam_cache_size < 0 or self.download_timeout <= 0 or self.polygon_tolerance < 0:
             raise SettingsError("SAM_CACHE_SIZE, DOWNLOAD_TIMEOUT and POLYGON_TOLERANCE must not be negative")
-        if self.sam_disk_cache_max_gb < 0:
-            raise SettingsError("SAM_DISK_CACHE_MAX_GB must not be negative (0: no limit)")
+        for name in ("sam_disk_cache_max_gb", "image_cache_max_gb"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must not be negative (0: no limit)")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.device != "auto" and not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

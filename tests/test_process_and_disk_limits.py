@@ -207,3 +207,31 @@ def test_the_setup_store_keeps_the_most_recent_projects(tmp_path: Path, caplog: 
     monkeypatch.setattr(label_studio, "SETUP_STORE_MAX_BYTES", 1000)
     store.save("6.1700000000", "http://127.0.0.1:8080", "token", "<View>" + " " * 900 + "</View>")
     assert [path.name for path in tmp_path.glob("project-*.json")] == ["project-6.1700000000.json"]
+
+
+# ---------------------------------------------------------------- CACHE_DIR/images: IMAGE_CACHE_MAX_GB
+
+
+def test_the_image_cache_keeps_the_recently_used_within_its_budget(tmp_path: Path) -> None:
+    """Downloads past IMAGE_CACHE_MAX_GB prune the least recently used files; a cache hit counts as a use."""
+    from backend.sources.images import ImageFetcher, image_cache_budget
+    from backend.sources.label_studio import AccessTokens
+    from tests.fake_label_studio import LoopbackServer, QuietHandler
+
+    class Pictures(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.reply(200, bytes(400_000))  # the cache does not decode: any 400 kB body will do
+
+    settings = Settings.load({"cache_dir": str(tmp_path / "cache"), "image_cache_max_gb": 0.001}, environ={})  # 1 MB
+    budget = image_cache_budget(settings)
+    fetcher = ImageFetcher(settings.cache_path / "images", "", 10, 10**8, AccessTokens(timeout=10), 10**7,
+                           address_policy=None, cache_budget=budget)
+    with LoopbackServer(Pictures) as server:
+        fetched = {name: fetcher.fetch(f"{server.url}/{name}.png", None, None) for name in "abc"}
+        for age, name in enumerate("cba", 1):  # fetched a, b, c minutes ago: a is the least recently used
+            os.utime(fetched[name], (time.time() - 60 * age,) * 2)
+        assert fetcher.fetch(f"{server.url}/a.png", None, None) == fetched["a"]  # a hit: now a is the newest of them
+        fetched["d"] = fetcher.fetch(f"{server.url}/d.png", None, None)  # 1.2 MB downloaded since the first scan
+    kept = sorted(name for name, path in fetched.items() if path.exists())
+    assert kept == ["a", "d"]  # b and c, the least recently used, went until 0.8 MB were left
+    assert sum(path.stat().st_size for path in (settings.cache_path / "images").iterdir()) <= 1_000_000

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.models.sam_embeddings import DiskEmbeddings, ImageEmbedding, prune
+from backend.models.lru_folder import prune
+from backend.models.sam_embeddings import DiskEmbeddings, ImageEmbedding
 from backend.settings import Settings, SettingsError
 
 
@@ -91,9 +92,9 @@ def test_a_worker_finding_the_prune_lock_taken_leaves_the_pruning_to_its_holder(
     with (tmp_path / "cache" / ".prune.lock").open("a") as other_worker:
         fcntl.flock(other_worker, fcntl.LOCK_EX)
         started = time.monotonic()
-        assert prune(tmp_path / "cache", size) == 0
+        assert prune(tmp_path / "cache", size, "SAM embedding cache", ".pt") == 0
         assert time.monotonic() - started < 1, "must not wait for the other worker"
-    assert prune(tmp_path / "cache", size) == 2 and len(stored(disk)) == 1
+    assert prune(tmp_path / "cache", size, "SAM embedding cache", ".pt") == 2 and len(stored(disk)) == 1
 
 
 def _write_many(root: str, worker: int, max_bytes: int) -> None:
@@ -125,3 +126,5 @@ def test_the_setting_refuses_a_negative_size() -> None:
     assert Settings.load({"sam_disk_cache_max_gb": "2.5"}, environ={}).sam_disk_cache_max_gb == 2.5
     with pytest.raises(SettingsError, match="SAM_DISK_CACHE_MAX_GB must not be negative"):
         Settings.load({"sam_disk_cache_max_gb": "-1"}, environ={})
+    with pytest.raises(SettingsError, match="IMAGE_CACHE_MAX_GB must not be negative"):
+        Settings.load({"image_cache_max_gb": "-0.5"}, environ={})

@@ -6,13 +6,11 @@ shares one embedding, and an edited file gets a new one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.models.lru_folder import prune
+
 logger = logging.getLogger(__name__)
-
-STALE_TEMPORARY_SECONDS = 3600
-
 
 @dataclass(frozen=True)
 class ImageEmbedding:
@@ -125,51 +122,4 @@ class DiskEmbeddings:
             Path(temporary).unlink(missing_ok=True)
             return
         if self.max_bytes:
-            prune(self.root, self.max_bytes)
-
-
-def prune(root: Path, max_bytes: int) -> int:
-    """Delete the least recently used embeddings under `root` until the rest fit in `max_bytes`; returns how many.
-
-    Workers prune one at a time (an exclusive lock on `root/.prune.lock`; a worker that finds it taken
-    leaves the pruning to its holder). Files vanishing meanwhile are fine: a reader treats them as a miss.
-    Temporary files of writers that died are removed once they are an hour old; younger ones are being written.
-    """
-    try:
-        with (root / ".prune.lock").open("a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0
-            return _prune_locked(root, max_bytes)
-    except OSError as exc:
-        logger.warning("cannot prune the SAM embedding cache %s: %s", root, exc)
-        return 0
-
-
-def _prune_locked(root: Path, max_bytes: int) -> int:
-    entries: list[tuple[float, int, Path]] = []
-    stale_before = time.time() - STALE_TEMPORARY_SECONDS
-    for model_dir in root.iterdir():
-        if not model_dir.is_dir():
-            continue
-        for path in model_dir.iterdir():
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            if path.suffix == ".pt":
-                entries.append((stat.st_mtime, stat.st_size, path))
-            elif path.suffix == ".tmp" and stat.st_mtime < stale_before:
-                path.unlink(missing_ok=True)
-    total = sum(size for _, size, _ in entries)
-    removed = 0
-    for _, size, path in sorted(entries, key=lambda entry: entry[0]):
-        if total <= max_bytes:
-            break
-        path.unlink(missing_ok=True)
-        total -= size
-        removed += 1
-    if removed:
-        logger.info("SAM embedding cache %s: removed the %d least recently used, %.1f MB left", root, removed, total / 1e6)
-    return removed
+            prune(self.root, self.max_bytes, "SAM embedding cache", ".pt")

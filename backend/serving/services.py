@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.serving.config_check import ConfigReporter
-from backend.sources.images import ImageFetcher
+from backend.sources.images import ImageFetcher, image_cache_budget
 from formats.label_config import LabelConfig
 from backend.sources.label_studio import AccessTokens, Credentials, SetupStore, project_uid
 from backend.sources.token_check import TokenCheck
@@ -178,7 +178,7 @@ def build_services(settings: Settings) -> Services:
                            settings.download_timeout, settings.max_image_pixels, tokens,
                            settings.max_download_bytes,
                            AddressPolicy.from_settings(settings.allow_private_urls, settings.allowed_url_hosts),
-                           direct_storage(settings))
+                           direct_storage(settings), image_cache_budget(settings))
     yolo = DemoFallbackYoloModels(settings, cache, device)
     metrics = Metrics()
     interactive = None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +22,12 @@ import numpy as np
 import requests
 from PIL import ExifTags, Image, ImageOps
 
+from backend.models.lru_folder import FolderBudget
 from backend.sources.label_studio import AccessTokens, Credentials
+from backend.sources.limited_session import DownloadTooLarge, LimitedSession
 from backend.sources.object_storage import ObjectStorage, StorageError
 from backend.sources.token_check import refused_download_hint
-from backend.sources.url_policy import AddressPolicy, AddressRefused, GuardedAdapter, HostGuard
+from backend.sources.url_policy import AddressPolicy, AddressRefused
 
 logger = logging.getLogger(__name__)
 # label_studio_sdk logs every download's steps: "`localhost` is not accessible inside of docker containers" for
@@ -61,85 +61,6 @@ class TaskImage:
         return int(self.pixels.shape[0])
 
 
-class DownloadTooLarge(requests.RequestException):
-    """The body is larger than the download limit; raised while it streams, before it fills memory."""
-
-
-class _LimitedSession(requests.Session):
-    """Every request gets a timeout and, with a guard, connects only to addresses it allows; a successful
-    streamed body is read here, up to `max_bytes`. All requests of the session end by `deadline`
-    (time.monotonic): a server that trickles bytes slower than the per-read timeout is cut off there."""
-
-    def __init__(self, timeout: float, max_bytes: int, guard: HostGuard | None, deadline: float) -> None:
-        super().__init__()
-        self._timeout = timeout
-        self._max_bytes = max_bytes
-        self._deadline = deadline
-        self._sockets: list[socket.socket] = []
-        self.expired = False
-        if guard is not None:
-            for prefix in ("http://", "https://"):
-                self.mount(prefix, GuardedAdapter(guard))
-        for adapter in self.adapters.values():
-            manager = adapter.poolmanager
-            manager.pool_classes_by_scheme = {scheme: _tracking(pool, self._sockets)
-                                              for scheme, pool in manager.pool_classes_by_scheme.items()}
-
-    def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            self.expired = True
-            raise requests.Timeout("no time left")
-        kwargs["timeout"] = min(kwargs.get("timeout") or self._timeout, remaining)
-        watchdog = threading.Timer(remaining, self._cut_off)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            response = super().request(method, url, **kwargs)
-            if kwargs.get("stream") and response.ok:
-                response._content = self._read_limited(response)  # what `response.content` then returns
-        except (requests.RequestException, OSError):
-            if self.expired:
-                raise requests.Timeout("deadline") from None
-            raise
-        finally:
-            watchdog.cancel()
-        if self.expired:  # a body without Content-Length ends at the cut; it is not the whole image
-            raise requests.Timeout("deadline")
-        return response
-
-    def _cut_off(self) -> None:
-        self.expired = True
-        for sock in list(self._sockets):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
-            except OSError:
-                pass
-
-    def _read_limited(self, response: requests.Response) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_bytes:
-            response.close()
-            raise DownloadTooLarge(f"it announces {int(declared)} bytes, more than MAX_DOWNLOAD_BYTES={self._max_bytes}")
-        body = bytearray()
-        for chunk in response.iter_content(1 << 16):  # decoded (gzip) bytes: the limit holds after decompression
-            body += chunk
-            if len(body) > self._max_bytes:
-                response.close()
-                raise DownloadTooLarge(f"it is more than MAX_DOWNLOAD_BYTES={self._max_bytes} bytes")
-        return bytes(body)
-
-
-def _tracking(pool_class: type, sockets: list) -> type:
-    """`pool_class` whose connections add their socket to `sockets` (so a deadline can cut them off)."""
-    class TrackedConnection(pool_class.ConnectionCls):
-        def connect(self) -> None:
-            super().connect()
-            sockets.append(self.sock)
-
-    return type(f"Tracked{pool_class.__name__}", (pool_class,), {"ConnectionCls": TrackedConnection})
-
-
 def url_kind(url: str) -> str:
     """upload | local-files | http | cloud; raises ImageError for anything else (file://, paths...)."""
     if not isinstance(url, str) or not url:
@@ -160,6 +81,11 @@ def url_kind(url: str) -> str:
 
 
 LABEL_STUDIO_PATHS = ("/data/upload/", "/data/local-files", "/storage-data/", "/tasks/", "/api/")
+
+
+def image_cache_budget(settings) -> FolderBudget:  # noqa: ANN001 - backend.settings.Settings (imports this layer)
+    """CACHE_DIR/images kept under IMAGE_CACHE_MAX_GB."""
+    return FolderBudget(settings.cache_path / "images", int(settings.image_cache_max_gb * 1e9), "image cache")
 
 
 def on_label_studio(url: str, kind: str, label_studio: str) -> bool:
@@ -185,8 +111,10 @@ class ImageFetcher:
 
     def __init__(self, cache_dir: Path, local_files_root: str, timeout: float, max_pixels: int,
                  tokens: AccessTokens, max_download_bytes: int,
-                 address_policy: AddressPolicy | None = AddressPolicy(), storage: ObjectStorage | None = None) -> None:
+                 address_policy: AddressPolicy | None = AddressPolicy(), storage: ObjectStorage | None = None,
+                 cache_budget: FolderBudget | None = None) -> None:
         self._cache_dir = cache_dir
+        self._cache_budget = cache_budget
         self._local_root = Path(local_files_root).expanduser().resolve() if local_files_root else None
         self._timeout = timeout
         self._max_pixels = max_pixels
@@ -204,9 +132,10 @@ class ImageFetcher:
         kind = url_kind(url)
         if kind == "local-files" and self._local_root is not None:
             return self._local_file(url)
+        started = time.time()
         if kind == "cloud" and self._storage is not None:
             with _as_image_error():
-                return self._storage.download(url, self._cache_dir, self._max_download_bytes)
+                return self._in_budget(self._storage.download(url, self._cache_dir, self._max_download_bytes), started)
         if kind in ("upload", "local-files", "cloud") and not (credentials and credentials.hostname and credentials.token):
             raise ImageError(f"cannot download '{url[:200]}': no Label Studio URL and API key "
                              "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the model from Label Studio)")
@@ -224,7 +153,7 @@ class ImageFetcher:
                 raise ImageError(f"cannot fetch '{url[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
         token = self._access_token(credentials) if credentials and credentials.token else None
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        session = _LimitedSession(self._timeout, self._max_download_bytes, guard, ends)
+        session = LimitedSession(self._timeout, self._max_download_bytes, guard, ends)
         try:
             if guard is not None and kind == "http":
                 guard.check_url(url)  # before the SDK, whose download cache would answer without connecting
@@ -248,7 +177,12 @@ class ImageFetcher:
             raise ImageError(f"cannot fetch '{url[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
         finally:
             session.close()
-        return Path(path)
+        return self._in_budget(Path(path), started)
+
+    def _in_budget(self, path: Path, started: float) -> Path:
+        if self._cache_budget is not None:
+            self._cache_budget.used(path, started)
+        return path
 
     def _access_token(self, credentials: Credentials) -> str:
         try:

@@ -130,7 +130,8 @@ def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, model
         raise _Refused(problem)
     fetcher = ImageFetcher(settings.cache_path / "images", settings.local_files_document_root, settings.download_timeout,
                            settings.max_image_pixels, AccessTokens(timeout=settings.download_timeout),
-                           settings.max_download_bytes, storage=direct_storage(settings))
+                           settings.max_download_bytes, storage=direct_storage(settings),
+                           cache_budget=image_cache_budget(settings))
     board.progress(spec.project, spec.job_id, "building dataset")
     try:
         data = datasets.build_dataset(project, fetcher, spec.credentials, work / "dataset", settings.train_min_images,
