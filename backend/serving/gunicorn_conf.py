@@ -74,3 +74,17 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
 def on_exit(server) -> None:  # noqa: ANN001
     if _owned_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001
+    # A torchvision built for another torch: one sentence, not the app's 40-line start-up traceback (the app
+    # imports torchvision later, while it builds its models).
+    from backend.models.torch_versions import torchvision_mismatch
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as exc:
+        if (problem := torchvision_mismatch(exc)) is None:
+            raise
+        worker.log.error("error: %s", problem)
+        raise SystemExit(3) from None  # gunicorn's WORKER_BOOT_ERROR: the master stops instead of respawning
