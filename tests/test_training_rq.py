@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -104,3 +105,15 @@ def test_a_queued_job_lives_as_long_as_its_rq_job(redis_url: str, tmp_path: Path
     Job.fetch(state["rq_job"], connection=Redis.from_url(redis_url)).delete()  # as when its worker died and it expired
     assert service.trigger("23.1", "test", None) == "queued"
     assert service.board.state("23.1")["rq_job"] != state["rq_job"]
+
+
+def test_a_job_queued_by_an_earlier_version_with_a_bare_id_is_dropped_with_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from backend.training.rq import run_queued_job
+
+    monkeypatch.setenv("MODEL_ROOT", str(tmp_path))
+    with caplog.at_level(logging.ERROR, logger="backend.training"):
+        run_queued_job(12, "old-job", "http://label-studio:8080", "token")  # as RQ calls a job queued before uids
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "names project '12', not a Label Studio project uid" in error and "Start Training" in error
+    assert not (tmp_path / "projects").exists()  # nothing trained, nothing written

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from backend.settings import Settings
+from backend.sources.label_studio import project_uid
 from backend.training.run import JobSpec, run_jobs
 
 QUEUE_NAME = "ls-yolo-train"
@@ -50,4 +51,10 @@ def job_gone(url: str, rq_job_id: str) -> bool:
 def run_queued_job(project: str, job_id: str, hostname: str, token: str, trusted: bool = True) -> None:
     settings = Settings.load()
     logging.getLogger("backend.training").setLevel(settings.log_level.upper())
+    if project_uid(project) is None:  # queued by a backend from before project uids (a bare id such as 12)
+        logging.getLogger("backend.training").error(
+            "training job %s names project %r, not a Label Studio project uid (<id>.<created_at>): it was queued by an "
+            "earlier version of the backend and is dropped; press Start Training in Label Studio again", job_id,
+            str(project)[:60])
+        return
     run_jobs(settings, JobSpec(project, job_id, hostname, token, trusted))
