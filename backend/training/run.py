@@ -108,7 +108,7 @@ def run_job(settings: Settings, spec: JobSpec, board: JobBoard) -> str | None:
 
 def _train_and_publish(settings: Settings, spec: JobSpec, board: JobBoard, models: ProjectModels,
                        work: Path) -> tuple[str, str, dict]:
-    from backend.sources.images import ImageFetcher
+    from backend.sources.images import ImageFetcher, image_cache_budget
     from backend.models.cache import select_device
 
     started = time.monotonic()
