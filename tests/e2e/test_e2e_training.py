@@ -1,6 +1,7 @@
 """Learning from the labels with a real Label Studio 1.23.2: a project whose labels the start-up model does not
 know gets empty pre-annotations; after annotating and `POST /api/ml/{id}/train` (the "Start Training" button),
-the backend serves the project a trained model under a new version, whose predictions carry the new labels."""
+the backend serves the project a trained model under a new version, whose predictions carry the new labels;
+rolled back from the status page, Label Studio's model card and next prediction name the earlier version."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from backend.training.registry import ProjectModels
 from tests.conftest import DEMO_DET, DEMO_SEG, MODELS_DIR
 from tests.e2e.conftest import Backend, LabelStudio, MakeProject, StartBackend
 from tests.training_stand_in import RENAMED, TRAINING_CONFIG, polygon_regions, recovered_fraction
@@ -74,3 +76,17 @@ def test_start_training_serves_the_project_a_model_of_its_own_labels(
     seeds = [project.task_seeds[task] for task in held_out]
     recovered = recovered_fraction([p[0] for p in after], seeds)
     assert recovered >= MIN_RECOVERED, f"recovered {recovered:.2f} of the held-out shapes"
+
+    # Rolling back from the status page: Label Studio's model card and its next prediction name the earlier
+    # version again. A second version (a copy of v1, published as a job would) gives one to roll back from.
+    uid, trained = job["project"], [task for task, seed in project.task_seeds.items() if seed in TRAIN_SEEDS]
+    models = ProjectModels(root, uid)
+    models.publish(2, models.model_path(1), {**models.card(1), "version": 2}, promote=True)
+    assert client.model_state(project.ml_id).model_version.startswith(f"p{project.id}-v2@")
+    client.retrieve_predictions(project.id, trained[:1])
+    assert client.predictions(trained[0])[-1]["model_version"].startswith(f"p{project.id}-v2@")
+    answer = requests.post(f"{backend.url}/status/rollback", json={"project": uid, "version": 1}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert client.model_state(project.ml_id).model_version.startswith(f"p{project.id}-v1@")
+    client.retrieve_predictions(project.id, trained[1:2])
+    assert client.predictions(trained[1])[-1]["model_version"] == new_version
