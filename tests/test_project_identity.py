@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from backend.models.cache import ModelPathError, resolve_model_path
 from backend.serving.app import build_services, create_app
 from backend.sources.label_studio import Credentials, SetupStore
-from backend.training import promoted_version
+from backend.training.registry import promoted_version
 from backend.training.dataset import DatasetError, read_project
 from backend.training.registry import ProjectModels
 from backend.training.service import TrainingService

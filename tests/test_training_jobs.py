@@ -18,7 +18,7 @@ from backend.serving.app import build_services, create_app
 from formats.label_config import parse_label_config
 from backend.training.model_choice import model_choice
 from backend.settings import Settings, SettingsError
-from backend.training import promoted_version
+from backend.training.registry import promoted_version
 from backend.training.jobs import JobBoard
 from backend.training.registry import ProjectModels, main as registry_main
 from backend.training.service import TrainingService

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backend.settings import Settings
-from backend.training import promoted_version
+from backend.training.registry import promoted_version
 from backend.training.tasks import serves_control
 from formats.control_tasks import required_task
 from formats.label_config import Control

@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.settings import Settings
 from backend.sources.label_studio import project_uid
 
 PROMOTED_FILE = "promoted.json"
@@ -191,6 +192,13 @@ def promoted_version_at(model_root: Path, project: str) -> PromotedVersion | Non
     with _promoted_lock:
         _promoted_cache[pointer] = (stamp, found)
     return found
+
+
+def promoted_version(settings: Settings, project: object) -> PromotedVersion | None:
+    """The model version serving a Label Studio project uid ("12.1700000000"), or None when the configured
+    models serve it (also for a bare id: it names no project). Cheap: one stat of its promoted.json per call."""
+    uid = project_uid(project)
+    return None if uid is None else promoted_version_at(settings.model_root_path, uid)
 
 
 def _read_pointer(model_root: Path, project: str, pointer: Path) -> PromotedVersion | None:
