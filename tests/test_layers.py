@@ -1,5 +1,5 @@
 """The code's layers, read from its imports with `ast`: no module imports a higher layer, no import circle,
-no file over 400 lines (docs/architecture.md).
+no file over 400 lines, no undefined name (pyflakes) (docs/architecture.md).
 
 formats < backend.models < backend.sources < backend.settings < backend.training < backend.prediction
 < backend.interactive < backend.serving (and the entry points backend/_wsgi.py, backend/gunicorn.conf.py) < tools.
@@ -129,3 +129,27 @@ def test_layer_checker_sees_a_function_level_upward_import(tmp_path: Path) -> No
     source.write_text("def late():\n    from backend.serving import app\n")
     assert imported_modules("formats.mod", source, {"backend.serving", "backend.serving.app", "formats.mod"}) == \
         {"backend.serving.app"}
+
+
+def undefined_names(path: Path, root: Path = REPO_ROOT) -> list[str]:
+    """pyflakes' undefined names in one file (a name used but never imported or defined, in any scope)."""
+    from pyflakes import checker, messages
+
+    tree = ast.parse(path.read_text(), str(path))
+    found = checker.Checker(tree, filename=str(path)).messages
+    return [f"{path.relative_to(root)}:{m.lineno}: {m.message % m.message_args}" for m in found
+            if isinstance(m, (messages.UndefinedName, messages.UndefinedLocal, messages.UndefinedExport))]
+
+
+def test_no_undefined_names() -> None:
+    """A name a function uses but never imports fails only when that function runs (a training job, say)."""
+    pytest.importorskip("pyflakes")
+    files = [*project_modules().values(), *sorted((REPO_ROOT / "bench").glob("*.py"))]
+    assert [problem for path in files for problem in undefined_names(path)] == []
+
+
+def test_the_undefined_name_check_sees_a_name_missing_inside_a_function(tmp_path: Path) -> None:
+    pytest.importorskip("pyflakes")
+    source = tmp_path / "mod.py"
+    source.write_text("def late():\n    from pathlib import Path\n    return Path(), PurePath()\n")
+    assert undefined_names(source, tmp_path) == ["mod.py:3: undefined name 'PurePath'"]
