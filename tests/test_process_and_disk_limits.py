@@ -235,3 +235,27 @@ def test_the_image_cache_keeps_the_recently_used_within_its_budget(tmp_path: Pat
     kept = sorted(name for name, path in fetched.items() if path.exists())
     assert kept == ["a", "d"]  # b and c, the least recently used, went until 0.8 MB were left
     assert sum(path.stat().st_size for path in (settings.cache_path / "images").iterdir()) <= 1_000_000
+
+
+def test_pruning_counts_and_deletes_only_the_cache_own_files(tmp_path: Path) -> None:
+    """Files at another depth, hidden files and folders are neither counted nor deleted (a cache pointed by
+    mistake at a folder of models loses at most what a cache would hold there)."""
+    from backend.models.lru_folder import prune
+
+    root = tmp_path / "cache"
+    (root / "model-a").mkdir(parents=True)
+    (root / "weights.pt").write_bytes(bytes(5000))  # not at depth 1: not the cache's
+    for index in range(4):
+        path = root / "model-a" / f"{index}.pt"
+        path.write_bytes(bytes(1000))
+        os.utime(path, (1000 + index,) * 2)
+    (root / "model-a" / "nested").mkdir()
+    assert prune(root, 2500, "test cache", ".pt", depth=1) == 2
+    assert sorted(p.name for p in (root / "model-a").iterdir()) == ["2.pt", "3.pt", "nested"]
+    assert (root / "weights.pt").exists()
+    images = tmp_path / "images"
+    (images / "folder").mkdir(parents=True)
+    (images / "a.png").write_bytes(bytes(1000))
+    (images / ".keep").write_bytes(bytes(1000))
+    assert prune(images, 0, "test cache") == 1
+    assert sorted(p.name for p in images.iterdir()) == [".keep", ".prune.lock", "folder"]

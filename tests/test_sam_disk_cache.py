@@ -92,9 +92,9 @@ def test_a_worker_finding_the_prune_lock_taken_leaves_the_pruning_to_its_holder(
     with (tmp_path / "cache" / ".prune.lock").open("a") as other_worker:
         fcntl.flock(other_worker, fcntl.LOCK_EX)
         started = time.monotonic()
-        assert prune(tmp_path / "cache", size, "SAM embedding cache", ".pt") == 0
+        assert prune(tmp_path / "cache", size, "SAM embedding cache", ".pt", depth=1) == 0
         assert time.monotonic() - started < 1, "must not wait for the other worker"
-    assert prune(tmp_path / "cache", size, "SAM embedding cache", ".pt") == 2 and len(stored(disk)) == 1
+    assert prune(tmp_path / "cache", size, "SAM embedding cache", ".pt", depth=1) == 2 and len(stored(disk)) == 1
 
 
 def _write_many(root: str, worker: int, max_bytes: int) -> None:

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from stat import S_ISREG
 
 logger = logging.getLogger(__name__)
 
@@ -22,30 +23,37 @@ STALE_TEMPORARY_SECONDS = 3600
 LOCK_NAME = ".prune.lock"
 
 
-def prune(root: Path, max_bytes: int, what: str, suffix: str = "") -> int:
-    """Delete the least recently used files under `root` (only `suffix` ones, when given) until the rest fit in
-    `max_bytes`; returns how many. `what` names the folder in the log."""
+def prune(root: Path, max_bytes: int, what: str, suffix: str = "", depth: int = 0) -> int:
+    """Delete the least recently used files `depth` folders below `root` (only `suffix` ones, when given) until
+    the rest fit in `max_bytes`; returns how many. Other files are never counted nor deleted, so a cache
+    folder pointed at by mistake at a folder of other files (models, say) loses at most what a cache would
+    hold there. `what` names the folder in the log."""
     try:
         with (root / LOCK_NAME).open("a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0
-            return _prune_locked(root, max_bytes, what, suffix)
+            return _prune_locked(root, max_bytes, what, suffix, depth)
     except OSError as exc:
         logger.warning("cannot prune the %s %s: %s", what, root, exc)
         return 0
 
 
-def _prune_locked(root: Path, max_bytes: int, what: str, suffix: str) -> int:
+def _prune_locked(root: Path, max_bytes: int, what: str, suffix: str, depth: int) -> int:
     entries: list[tuple[float, int, Path]] = []
     stale_before = time.time() - STALE_TEMPORARY_SECONDS
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = Path(directory) / name
+    folders = [root]
+    for _ in range(depth):
+        folders = [entry for folder in folders for entry in folder.iterdir() if entry.is_dir()]
+    for folder in folders:
+        for path in folder.iterdir():
+            name = path.name
             try:
                 stat = path.stat()
             except FileNotFoundError:
+                continue
+            if not S_ISREG(stat.st_mode):
                 continue
             if name.endswith(".tmp"):
                 if stat.st_mtime < stale_before:

@@ -122,4 +122,4 @@ class DiskEmbeddings:
             Path(temporary).unlink(missing_ok=True)
             return
         if self.max_bytes:
-            prune(self.root, self.max_bytes, "SAM embedding cache", ".pt")
+            prune(self.root, self.max_bytes, "SAM embedding cache", ".pt", depth=1)
