@@ -99,6 +99,27 @@ def test_services_are_built_at_startup_off_the_event_loop(tmp_path: Path, monkey
     assert len(built_in) == 1
 
 
+def test_shutdown_waits_for_model_loads_and_config_checks_are_bounded() -> None:
+    """A process that exits while a daemon thread loads a model in torch aborts; the app's shutdown joins them
+    (bounded), and at most 4 run at once (a /setup flood does not start a thread each)."""
+    from backend.serving.services import BackgroundLoads
+
+    release, finished = threading.Event(), []
+    loads = BackgroundLoads(limit=4)
+
+    def load(name: str) -> None:
+        release.wait(10)
+        finished.append(name)
+
+    started = [loads.start(load, f"load-{i}", name="config-check") for i in range(5)]
+    assert all(started[:4]) and started[4] is None
+    threading.Timer(0.2, release.set).start()
+    loads.join(10)
+    assert sorted(finished) == [f"load-{i}" for i in range(4)]
+    assert loads.start(load, "again", name="config-check") is not None  # finished threads free their places
+    loads.join(10)
+
+
 @pytest.mark.parametrize("header", [
     "Basic " + base64.b64encode(b"annotator:wrong").decode(), "Basic " + base64.b64encode(b"intruder:s3cret:x").decode(),
     "Basic " + base64.b64encode(b":").decode(), "Basic " + base64.b64encode("annotätor:s3cret".encode()).decode(),

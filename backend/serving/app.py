@@ -130,12 +130,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # Built on a first request instead, loading SAM would block this worker's event loop, and with it
         # every other request (Label Studio's health check too), for as long as a large checkpoint takes.
         services = await anyio.to_thread.run_sync(get_services)
-        loader = services.start_loading_default_models()
+        services.start_loading_default_models()
         logger.log(logging.WARNING if access.mode == "open" else logging.INFO, "%s", access.describe())
         yield
-        # A process that exits while torch loads a model in a daemon thread aborts ("terminate called without an
-        # active exception"): a worker stopped right after it started waits for the load, for a bounded time.
-        await anyio.to_thread.run_sync(loader.join, LOADER_JOIN_SECONDS)
+        await anyio.to_thread.run_sync(services.background.join, LOADER_JOIN_SECONDS)  # see BackgroundLoads
 
     app = FastAPI(title="Label Studio ML backend: YOLO + SAM", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan)

@@ -35,6 +35,34 @@ DEMO_COMMAND = ("label-studio-ml start backend --port 9090 --with yolo_det_model
                 "yolo_seg_model=demo-shapes-seg.pt")
 
 
+class BackgroundLoads:
+    """The daemon threads that load models (the defaults at start-up, a /setup's config check), so that shutdown
+    can wait for them: a process that exits while torch loads a model aborts ("terminate called without an
+    active exception"). At most `limit` run at once; a config check beyond is skipped (the next /setup does it)."""
+
+    def __init__(self, limit: int = 4) -> None:
+        self._limit = limit
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def start(self, target: Any, *args: object, name: str) -> threading.Thread | None:
+        with self._lock:
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            if len(self._threads) >= self._limit:
+                return None
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -52,6 +80,7 @@ class Services:
     ignored_hosts: set[str] = field(default_factory=set)  # /setup hostnames not used, as LABEL_STUDIO_URL is set
     training: TrainingService = None  # type: ignore[assignment]  # always set by build_services
     token_check: TokenCheck | None = None
+    background: BackgroundLoads = field(default_factory=BackgroundLoads)
 
     def credentials(self, project: str | None) -> Credentials | None:
         """LABEL_STUDIO_URL (with LABEL_STUDIO_API_KEY, else the token /setup sent) for every project when set;
@@ -144,10 +173,8 @@ class Services:
         if path is not None:
             logger.info("CONCEPT_MODEL=%s: SAM 3 checkpoint %s", self.settings.concept_model, model_tag(path))
 
-    def start_loading_default_models(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load_default_models, name="load-default-models", daemon=True)
-        thread.start()
-        return thread
+    def start_loading_default_models(self) -> threading.Thread | None:
+        return self.background.start(self.load_default_models, name="load-default-models")
 
     def report_config(self, config: LabelConfig, project: object = None) -> None:
         """Log (once per config and model) which labels each control's model can produce; loads the models."""
@@ -167,7 +194,8 @@ class Services:
             self.predictor.concepts.report(control, model.class_names)  # CONCEPT_MODEL's labels
 
     def report_config_in_background(self, config: LabelConfig, project: object = None) -> None:
-        threading.Thread(target=self.report_config, args=(config, project), name="config-check", daemon=True).start()
+        if self.background.start(self.report_config, config, project, name="config-check") is None:
+            logger.debug("config check skipped: other model loads are running; the next /setup checks it")
 
 
 def build_services(settings: Settings) -> Services:
