@@ -177,8 +177,9 @@ def test_versions_rejected_candidates_and_rollback(model_root: Path, capsys: pyt
     assert models.promoted().version == 1
     assert "* v1" in capsys.readouterr().out
     assert registry_main(["--model_root", str(model_root), "--project", "7.1", "--promote", "9"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
     assert registry_main(["--model_root", str(model_root), "--project", "7", "--promote", "1"]) == 2
-    error = capsys.readouterr().out
+    error = capsys.readouterr().err
     assert "not a project uid" in error and "7.1" in error  # names the projects that have trained
     assert sorted(p.name for p in models.directory.iterdir() if p.name.startswith(".tmp")) == []
 

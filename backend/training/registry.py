@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -225,14 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if project_uid(args.project) is None:
         print(f"error: --project {args.project[:60]} is not a project uid; the projects that have trained: "
-              f"{', '.join(sorted(p.name for p in (args.model_root / 'projects').glob('*.*'))) or 'none'}")
+              f"{', '.join(sorted(p.name for p in (args.model_root / 'projects').glob('*.*'))) or 'none'}",
+              file=sys.stderr)
         return 2
     models = ProjectModels(args.model_root, args.project)
     if args.promote is not None:
         try:
             models.promote(args.promote)
         except ValueError as exc:
-            print(f"error: {exc}")
+            print(f"error: {exc}", file=sys.stderr)
             return 2
     current = models.promoted()
     for card in models.cards():
