@@ -102,11 +102,11 @@ standin_label_studio() {  # TAG: heartexlabs/label-studio:<version>
     local tag=$1 version=${1##*:} context="$SMOKE_WORK/label-studio-context"
     image_exists "$tag" && return
     standin_python
-    log "stand-in $tag: pip install label-studio==$version"
+    log "stand-in $tag: pip install label-studio==$version sentry-sdk<3"
     rm -rf "$context" && mkdir -p "$context"
     cat >"$context/Dockerfile" <<EOF
 FROM $STANDIN_PYTHON
-RUN pip install -q "label-studio==$version" \
+RUN pip install -q "label-studio==$version" "sentry-sdk<3" \
     && useradd --uid 1001 --create-home labelstudio && mkdir -p /label-studio/data \
     && chown -R 1001 /label-studio
 ENV LABEL_STUDIO_BASE_DATA_DIR=/label-studio/data

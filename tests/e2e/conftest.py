@@ -83,7 +83,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     executable = label_studio_executable()
     if executable is None:
         pytest.skip("no Label Studio venv: set LS_VENV or create .ls-venv with "
-                    f"`python3 -m venv .ls-venv && .ls-venv/bin/pip install label-studio=={LS_VERSION}` (.ci/run does)")
+                    "`python3 -m venv .ls-venv && .ls-venv/bin/pip install -c tests/e2e/label-studio-constraints.txt "
+                    f"label-studio=={LS_VERSION}` (.ci/run does)")
     root = tmp_path_factory.mktemp("label-studio")
     data_dir = root / "data"
     data_dir.mkdir()
