@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -59,10 +60,30 @@ _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's hook signature
+    _stop_on_torchvision_mismatch(server)
     # Values left by a previous run would be added to this one's.
     os.makedirs(_metrics_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
         os.remove(stale)
+
+
+def _stop_on_torchvision_mismatch(server) -> None:  # noqa: ANN001
+    """A torchvision built for another torch stops the master before any worker starts: one sentence, exit 3.
+
+    Checked once here, not in each worker: two workers failing to boot together race gunicorn's halt, and the
+    second "Worker failed to boot" escapes it as a traceback (exit 1). A child process imports torchvision, so
+    the master itself never imports torch.
+    """
+    from backend.models.torch_versions import torchvision_mismatch
+
+    probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True,
+                           timeout=300, check=False)
+    if probe.returncode == 0 or (problem := torchvision_mismatch(RuntimeError(probe.stderr))) is None:
+        return  # anything else a worker reports in its own log, with its traceback
+    server.log.error("error: %s", problem)
+    if _owned_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+    raise SystemExit(3)  # gunicorn's WORKER_BOOT_ERROR
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001
@@ -74,17 +95,3 @@ def child_exit(server, worker) -> None:  # noqa: ANN001
 def on_exit(server) -> None:  # noqa: ANN001
     if _owned_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
-
-
-def post_worker_init(worker) -> None:  # noqa: ANN001
-    # A torchvision built for another torch: one sentence, not the app's 40-line start-up traceback (the app
-    # imports torchvision later, while it builds its models).
-    from backend.models.torch_versions import torchvision_mismatch
-
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as exc:
-        if (problem := torchvision_mismatch(exc)) is None:
-            raise
-        worker.log.error("error: %s", problem)
-        raise SystemExit(3) from None  # gunicorn's WORKER_BOOT_ERROR: the master stops instead of respawning
