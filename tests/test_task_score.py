@@ -158,3 +158,14 @@ def test_kmeans_is_deterministic_whatever_the_order_and_bounded(tmp_path: Path) 
     oversized.path.parent.mkdir(parents=True)
     oversized.path.write_bytes(b" " * (MAX_FILE_BYTES + 1))
     assert oversized.centres() is None
+
+
+def test_the_bench_reports_the_spearman_a_perfect_score_without_ties_reaches() -> None:
+    from bench.bench_active_learning import spearman, untied_ceiling
+
+    shuffles = [np.random.default_rng(seed).permutation(100) for seed in range(20)]
+    distinct = np.linspace(0, 1, 100)
+    assert untied_ceiling(distinct, shuffles) == pytest.approx(1.0)
+    mostly_perfect = np.r_[np.linspace(0.2, 0.9, 16), np.ones(84)]  # as on standard pictures: 84% need nothing
+    assert 0.55 < untied_ceiling(mostly_perfect, shuffles) < 0.7
+    assert spearman(mostly_perfect, mostly_perfect) == pytest.approx(1.0)  # ties in both: no bound
