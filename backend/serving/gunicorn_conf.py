@@ -76,8 +76,11 @@ def _stop_on_torchvision_mismatch(server) -> None:  # noqa: ANN001
     """
     from backend.models.torch_versions import torchvision_mismatch
 
-    probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True,
-                           timeout=300, check=False)
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True,
+                               timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return  # a slow disk, not a mismatch: the workers import it themselves
     if probe.returncode == 0 or (problem := torchvision_mismatch(RuntimeError(probe.stderr))) is None:
         return  # anything else a worker reports in its own log, with its traceback
     server.log.error("error: %s", problem)
